@@ -1,0 +1,1 @@
+"""clipops stages and ML core: every stage is one pure `run()` per module."""

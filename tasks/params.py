@@ -1,0 +1,238 @@
+"""Typed, validated parameters for every stage (the one schema behind params.yaml).
+
+The DVC CLI, the Prefect flow form and the tests all build these models, so a bad value
+is rejected the same way everywhere: with the key, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in params.yaml must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DigitsSource(StrictModel):
+    """scikit-learn's 8x8 handwritten digits, captioned from templates."""
+
+    enabled: bool = True
+    image_size: int = Field(32, ge=8, le=512, description="side of the upscaled RGB image")
+    heldout_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="images kept for evaluation")
+    train_templates: list[str] = Field(
+        default_factory=lambda: [
+            "a photo of the digit {}.",
+            "a handwritten {}.",
+            "the number {} written by hand.",
+            "a scan of the digit {}.",
+            "a blurry picture of a handwritten {}.",
+            "a small drawing of the number {}.",
+        ],
+        min_length=1,
+    )
+    eval_templates: list[str] = Field(
+        default_factory=lambda: [
+            "an image of the number {}.",
+            "a pixelated {} digit.",
+            "someone wrote the digit {}.",
+        ],
+        min_length=1,
+        description="templates never seen in training; zero-shot evaluation uses only these",
+    )
+
+
+class TextilesSource(StrictModel):
+    """conformal-clip-data textile images: nominal / local / global defects."""
+
+    enabled: bool = True
+    max_images: int | None = Field(None, ge=1, description="cap per run (None = all 2,000)")
+    heldout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+
+
+class ShapesSource(StrictModel):
+    """Generated compositional scenes (shape x colour x size x position) with exact captions."""
+
+    enabled: bool = True
+    num_pairs: int = Field(3000, ge=10, le=1_000_000)
+    image_size: int = Field(64, ge=16, le=512)
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    exact_duplicates: int = Field(40, ge=0, description="injected byte-identical copies")
+    near_duplicates: int = Field(40, ge=0, description="injected re-encoded / jittered copies")
+
+
+class UserSource(StrictModel):
+    """A folder of images plus a CSV or JSONL of captions (columns: file, caption[, label, id])."""
+
+    images_dir: str | None = None
+    captions_file: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> UserSource:
+        if (self.images_dir is None) != (self.captions_file is None):
+            raise ValueError("user data needs both images_dir and captions_file, or neither")
+        return self
+
+
+class IngestParams(StrictModel):
+    digits: DigitsSource = DigitsSource()
+    textiles: TextilesSource = TextilesSource()
+    shapes: ShapesSource = ShapesSource()
+    user: UserSource = UserSource()
+    max_image_bytes: int = Field(20_000_000, ge=1024, description="larger files are quarantined")
+    min_image_side: int = Field(8, ge=1, description="smaller images are quarantined")
+    max_image_side: int = Field(
+        128, ge=16, le=4096, description="larger images are downscaled (aspect kept) before storing"
+    )
+    max_caption_chars: int = Field(1000, ge=10)
+
+
+class GateParams(StrictModel):
+    """Thresholds of the data-quality gates (Great Expectations suites)."""
+
+    min_rows: int = Field(100, ge=1)
+    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_caption_chars: int = Field(1000, ge=10)
+
+
+class CurateParams(StrictModel):
+    min_caption_words: int = Field(2, ge=0, description="DataComp basic: more than N-1 words")
+    min_caption_chars: int = Field(5, ge=0)
+    min_image_side: int = Field(8, ge=1)
+    max_aspect_ratio: float = Field(3.0, ge=1.0)
+    exact_dedup: bool = True
+    wordfreq_top_n: int = Field(2000, ge=0, le=500_000, description="metadata entries from wordfreq")
+    include_class_names: bool = True
+    metadata_file: str | None = Field(None, description="extra entries: a JSON list of strings")
+    balance_t: int = Field(600, ge=1, description="MetaCLIP threshold t: entries above t are sampled")
+    keep_unmatched: bool = Field(False, description="MetaCLIP drops pairs matching no entry")
+    seed: int = 0
+
+
+class TrainParams(StrictModel):
+    """What every training stage shares (one trainer, see tasks/training)."""
+
+    epochs: int = Field(6, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=2, le=65_536)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    seed: int = 0
+
+
+class TeacherParams(TrainParams):
+    model: str = Field("clipops-vit-s-minilm", description="repo JSON config or open_clip name")
+    pretrained: str | None = Field(None, description="local checkpoint path (no downloads)")
+    lock_text: bool = Field(True, description="lock the pretrained text tower (LLM2CLIP idea)")
+
+
+class ReinforceParams(StrictModel):
+    num_augmentations: int = Field(5, ge=1, le=100, description="k: views per image (MobileCLIP)")
+    crop_scale_min: float = Field(0.6, gt=0.0, le=1.0)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class DistillParams(TrainParams):
+    student: str = Field("clipops-vit-xs-minilm", description="student JSON config")
+    inherit: bool = Field(True, description="TinyCLIP manual weight inheritance from the teacher")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of the affinity (soft) loss")
+    weight: float = Field(1.0, gt=0.0, description="TinyCLIP distillation weight w")
+    epochs: int = Field(8, ge=1, le=10_000)
+
+
+class FinetuneParams(TrainParams):
+    recipe: Literal["contrastive"] = "contrastive"
+    base: Literal["student", "teacher"] = "student"
+    epochs: int = Field(2, ge=1, le=10_000)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    warmup_steps: int = Field(10, ge=0)
+
+
+class EvaluateParams(StrictModel):
+    models: list[Literal["teacher", "student", "finetuned"]] = Field(
+        default_factory=lambda: ["teacher", "student", "finetuned"], min_length=1
+    )
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class GateEvalParams(StrictModel):
+    model: Literal["teacher", "student", "finetuned"] = "finetuned"
+    min_zeroshot_acc1: float = Field(0.5, ge=0.0, le=1.0)
+    max_regression: float = Field(0.02, ge=0.0, le=1.0, description="allowed drop vs production")
+
+
+class RegisterParams(StrictModel):
+    model_name: str = Field("clipops-clip", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    stage: Literal["teacher", "student", "finetuned"] = "finetuned"
+    batch_size: int = Field(256, ge=1)
+    keep_versions: int = Field(3, ge=1, description="embedding versions kept per model name")
+
+
+class StorageParams(StrictModel):
+    """Store locations: relative paths are under the project root."""
+
+    registry_url: str = "sqlite:///store/registry.db"
+    lancedb_uri: str = "store/lancedb"
+    artifacts_uri: str = "store/artifacts"
+
+
+# `register` is a stage name; pydantic warns only because ABCMeta also has .register.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class PipelineParams(StrictModel):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ingest: IngestParams = IngestParams()
+    gate: GateParams = GateParams()
+    curate: CurateParams = CurateParams()
+    teacher: TeacherParams = TeacherParams()
+    reinforce: ReinforceParams = ReinforceParams()
+    distill: DistillParams = DistillParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate_eval: GateEvalParams = GateEvalParams()
+    register: RegisterParams = RegisterParams()
+    storage: StorageParams = StorageParams()
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a flow parameter) holds a value outside its allowed range."""
+
+
+def _describe(errors: list[dict[str, Any]], data: dict[str, Any]) -> str:
+    lines = []
+    for err in errors:
+        key = ".".join(str(part) for part in err["loc"])
+        value: Any = data
+        for part in err["loc"]:
+            value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"
+        lines.append(f"  {key} = {value!r}: {err['msg']}")
+    return "invalid parameters:\n" + "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any] | None) -> PipelineParams:
+    """Validate a params mapping; raise ParamsError naming each bad key and its allowed range."""
+    data = data or {}
+    try:
+        return PipelineParams.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(_describe(exc.errors(), data)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> PipelineParams:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the project root or pass --params PATH")
+    with path.open() as fh:
+        return parse_params(yaml.safe_load(fh))
