@@ -107,10 +107,14 @@ class CurateParams(StrictModel):
     min_image_side: int = Field(8, ge=1)
     max_aspect_ratio: float = Field(3.0, ge=1.0)
     exact_dedup: bool = True
-    wordfreq_top_n: int = Field(2000, ge=0, le=500_000, description="metadata entries from wordfreq")
+    wordfreq_top_n: int = Field(
+        2000, ge=0, le=500_000, description="metadata entries from wordfreq"
+    )
     include_class_names: bool = True
     metadata_file: str | None = Field(None, description="extra entries: a JSON list of strings")
-    balance_t: int = Field(600, ge=1, description="MetaCLIP threshold t: entries above t are sampled")
+    balance_t: int = Field(
+        600, ge=1, description="MetaCLIP threshold t: entries above t are sampled"
+    )
     keep_unmatched: bool = Field(False, description="MetaCLIP drops pairs matching no entry")
     seed: int = 0
 
@@ -162,6 +166,29 @@ class EvaluateParams(StrictModel):
     )
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     batch_size: int = Field(256, ge=1)
+    textiles_templates: list[str] = Field(
+        default_factory=lambda: [
+            "an image of woven material: {}.",
+            "a textile sample labelled {}.",
+            "fabric inspection result: {}.",
+        ],
+        min_length=1,
+        description="zero-shot prompts for the textile eval rows; no wording of the train captions",
+    )
+    retrieval_sources: list[str] = Field(
+        default_factory=lambda: ["shapes", "user"],
+        min_length=1,
+        description="sources whose eval captions describe one image (class-level ones do not)",
+    )
+
+    @model_validator(mode="after")
+    def _valid_eval_settings(self) -> EvaluateParams:
+        if any(k < 1 for k in self.recall_at):
+            raise ValueError(f"recall_at values must be >= 1, got {self.recall_at}")
+        bad = [t for t in self.textiles_templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"textiles_templates need a '{{}}' slot for the class name: {bad}")
+        return self
 
 
 class GateEvalParams(StrictModel):
@@ -234,5 +261,61 @@ def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project root or pass --params PATH")
-    with path.open() as fh:
-        return parse_params(yaml.safe_load(fh))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    return parse_params(data)
+
+
+def _yaml_lines(model: BaseModel, indent: int = 0) -> list[str]:
+    """params.yaml text for `model`: every field, with its description as a comment."""
+    pad = "  " * indent
+    lines: list[str] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        comment = f"  # {field.description}" if field.description else ""
+        if isinstance(value, BaseModel):
+            if indent == 0 and lines:
+                lines.append("")
+            lines.append(f"{pad}{name}:{comment}")
+            lines.extend(_yaml_lines(value, indent + 1))
+        else:
+            dumped = yaml.safe_dump(
+                {name: value}, default_flow_style=False, width=1000, sort_keys=False
+            ).strip()
+            first, *rest = dumped.splitlines()
+            lines.append(f"{pad}{first}{comment}")
+            lines.extend(f"{pad}{line}" for line in rest)
+    return lines
+
+
+def default_params_yaml() -> str:
+    """The defaults of every stage as commented YAML (how params.yaml is generated)."""
+    header = "# clipops parameters: validated by tasks/params.py (python -m tasks.params --check)\n"
+    return header + "\n".join(_yaml_lines(PipelineParams())) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.params")
+    parser.add_argument("--check", metavar="PATH", help="validate a params file")
+    parser.add_argument("--write-defaults", metavar="PATH", help="write the defaults as YAML")
+    args = parser.parse_args(argv)
+    if args.write_defaults:
+        Path(args.write_defaults).write_text(default_params_yaml())
+    if args.check:
+        try:
+            load_params(args.check)
+        except ParamsError as exc:
+            print(exc)
+            return 2
+        print(f"{args.check}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
