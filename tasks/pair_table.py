@@ -50,6 +50,7 @@ QUARANTINE_REASONS = {
     "caption_too_long": "the caption exceeds ingest.max_caption_chars",
     "duplicate_id": "another row already used this id",
     "bad_row": "the captions file row is malformed",
+    "path_escape": "the file path leaves ingest.user.images_dir (.., absolute path, symlink)",
 }
 
 
