@@ -1,0 +1,1 @@
+"""Distillation methods: TinyCLIP weight inheritance, affinity mimicking, MobileCLIP views."""
