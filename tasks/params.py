@@ -99,6 +99,18 @@ class GateParams(StrictModel):
     min_rows: int = Field(100, ge=1)
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
     max_caption_chars: int = Field(1000, ge=10)
+    min_image_side: int = Field(8, ge=1, description="raw images need both sides >= this")
+    known_sources: list[str] = Field(
+        default_factory=lambda: ["digits", "textiles", "shapes", "user"],
+        min_length=1,
+        description="values the pair table's `source` column may take",
+    )
+    balance_alpha: float = Field(
+        1e-3,
+        gt=0.0,
+        lt=1.0,
+        description="gate_curated: chance a correctly balanced table fails the per-entry bound",
+    )
 
 
 class CurateParams(StrictModel):
@@ -116,6 +128,9 @@ class CurateParams(StrictModel):
         600, ge=1, description="MetaCLIP threshold t: entries above t are sampled"
     )
     keep_unmatched: bool = Field(False, description="MetaCLIP drops pairs matching no entry")
+    lowercase: bool = Field(
+        False, description="lowercase captions before matching (MetaCLIP matches case-sensitively)"
+    )
     seed: int = 0
 
 
@@ -129,6 +144,12 @@ class TrainParams(StrictModel):
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     seed: int = 0
+    crop_scale_min: float = Field(
+        1.0, gt=0.0, le=1.0, description="random resized crop area share (1.0 = no crop)"
+    )
+    flip_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="horizontal flip chance (0: captions name left/right)"
+    )
 
 
 class TeacherParams(TrainParams):
@@ -158,6 +179,7 @@ class FinetuneParams(TrainParams):
     epochs: int = Field(2, ge=1, le=10_000)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     warmup_steps: int = Field(10, ge=0)
+    lock_text: bool = Field(True, description="keep the pretrained text tower locked")
 
 
 class EvaluateParams(StrictModel):

@@ -1,0 +1,119 @@
+"""The curation report (with its accounting identity) and the head/tail entry-count plot."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import StageError
+
+
+class AccountingError(StageError):
+    """rows_in != kept + filtered + quarantined: some row was lost or counted twice."""
+
+
+def top_entries(entries: list[str], counts: np.ndarray, k: int = 20) -> list[dict[str, Any]]:
+    """The k entries with the highest counts, as [{entry, count}] (ties broken by entry id)."""
+    order = np.argsort(-counts, kind="stable")[:k]
+    return [{"entry": entries[i], "count": int(counts[i])} for i in order if counts[i] > 0]
+
+
+def build_report(
+    *,
+    num_pairs: int,
+    quarantine: pd.DataFrame,
+    kept_train: int,
+    kept_eval: int,
+    removed: pd.DataFrame,
+    entries: list[str],
+    counts_before: np.ndarray,
+    counts_after: np.ndarray,
+    t: int,
+    lowercase: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Assemble the report and check rows_in == kept + filtered + quarantined."""
+    filtered = dict(sorted(Counter(removed["reason"]).items()))
+    quarantined = dict(sorted(Counter(quarantine["reason"]).items()))
+    report = {
+        "rows_in": num_pairs + len(quarantine),
+        "kept": {"train": kept_train, "eval": kept_eval},
+        "filtered": filtered,
+        "quarantined": quarantined,
+        "entries": len(entries),
+        "entries_matched_before": int((counts_before > 0).sum()),
+        "entries_matched_after": int((counts_after > 0).sum()),
+        "t": t,
+        "lowercase": lowercase,
+        "seed": seed,
+        "top_entries_before": top_entries(entries, counts_before),
+        "top_entries_after": top_entries(entries, counts_after),
+    }
+    check_identity(report)
+    return report
+
+
+def check_identity(report: dict[str, Any]) -> None:
+    """Raise AccountingError unless rows_in == kept + filtered + quarantined."""
+    kept = sum(report["kept"].values())
+    filtered = sum(report["filtered"].values())
+    quarantined = sum(report["quarantined"].values())
+    if report["rows_in"] != kept + filtered + quarantined:
+        raise AccountingError(
+            f"curation accounting broken: rows_in={report['rows_in']} but kept={kept} + "
+            f"filtered={filtered} + quarantined={quarantined} = {kept + filtered + quarantined}"
+        )
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Check the identity again (the report may have been edited) and write JSON atomically."""
+    check_identity(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def write_entry_count_plot(
+    counts_before: np.ndarray, counts_after: np.ndarray, t: int, csv_path: Path, png_path: Path
+) -> None:
+    """MetaCLIP's head/tail picture: matched entries ranked by count, before vs after.
+
+    The CSV (rank, count_before, count_after) is what `dvc plots` reads; the PNG is for people.
+    """
+    order = np.argsort(-counts_before, kind="stable")
+    order = order[counts_before[order] > 0]
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "count_before": counts_before[order],
+            "count_after": counts_after[order],
+        }
+    )
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(table):
+        ax.loglog(table["rank"], table["count_before"], label="before balancing")
+        # an entry can lose every pair; log axes cannot show zero, so clip to the axis floor
+        ax.loglog(table["rank"], table["count_after"].clip(lower=0.8), label="after balancing")
+    ax.axhline(t, color="grey", linestyle="--", label=f"t = {t}")
+    ax.set_xlabel("entry rank (by count before balancing)")
+    ax.set_ylabel("matched pairs")
+    ax.set_title("MetaCLIP entry counts: head flattened, tail kept")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
