@@ -70,11 +70,12 @@ def encode_image(img: Image.Image, fmt: str = "PNG") -> StoredImage:
 
 
 def store_image(img: Image.Image, max_side: int, fmt: str = "PNG") -> StoredImage:
-    """Downscale `img` to fit `max_side` (Lanczos, aspect kept) and encode it as `fmt`."""
+    """Downscale `img` to fit `max_side` (bicubic, aspect kept) and encode it as `fmt`."""
     img = img.convert("RGB") if img.mode != "RGB" else img
     size = fit_within(img.width, img.height, max_side)
     if size != img.size:
-        img = img.resize(size, Image.Resampling.LANCZOS)
+        # Bicubic with PIL's scaled support antialiases like Lanczos at half the cost.
+        img = img.resize(size, Image.Resampling.BICUBIC)
     return encode_image(img, fmt)
 
 
