@@ -161,16 +161,32 @@ class TeacherParams(TrainParams):
 class ReinforceParams(StrictModel):
     num_augmentations: int = Field(5, ge=1, le=100, description="k: views per image (MobileCLIP)")
     crop_scale_min: float = Field(0.6, gt=0.0, le=1.0)
+    flip_p: float = Field(
+        0.5, ge=0.0, le=1.0, description="chance a stored view is mirrored (teacher sees it too)"
+    )
     batch_size: int = Field(256, ge=1)
     seed: int = 0
 
 
 class DistillParams(TrainParams):
+    """Student training on the reinforced dataset; its views come from `reinforce`, so the
+    inherited crop_scale_min / flip_p are not used here."""
+
     student: str = Field("clipops-vit-xs-minilm", description="student JSON config")
     inherit: bool = Field(True, description="TinyCLIP manual weight inheritance from the teacher")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of the affinity (soft) loss")
     weight: float = Field(1.0, gt=0.0, description="TinyCLIP distillation weight w")
     epochs: int = Field(8, ge=1, le=10_000)
+    teacher_logit_scale: float | None = Field(
+        100.0,
+        gt=0.0,
+        le=1000.0,
+        description="fixed teacher logit scale (MobileCLIP: 100); null = the teacher's own",
+    )
+    lock_text: bool = Field(True, description="lock the student's pretrained text tower")
+    max_vision_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="largest allowed student/teacher vision parameter ratio"
+    )
 
 
 class FinetuneParams(TrainParams):
