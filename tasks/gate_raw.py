@@ -1,7 +1,7 @@
 """Stage `gate_raw`: Great Expectations suite over the ingest output.
 
 Reads `layout.pairs`, `layout.quarantine` (params: `gate`). Writes
-`layout.gate_dir("raw")/summary.json` and the data docs under `.../data_docs/index.html`.
+`layout.gate_dir("raw")/summary.json` and the data docs under `.../docs/index.html`.
 Raises GateFailed, naming each failed expectation, unless every expectation passes.
 """
 

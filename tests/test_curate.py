@@ -144,7 +144,7 @@ def test_gate_curated_passes_then_fails_on_broken_curation(curated_layout: Layou
     layout = curated_layout
     summary = gate_curated.run(PARAMS, layout)
     assert summary["passed"] and summary["expectations"] >= 20
-    assert (layout.gate_dir("curated") / "data_docs" / "index.html").exists()
+    assert (layout.gate_dir("curated") / "docs" / "index.html").exists()
 
     # break it: undo balancing (put every balanced_out row back) and copy an eval image in
     pairs = read_pairs(layout.pairs).set_index("id")

@@ -48,7 +48,7 @@ def test_gate_raw_passes_on_good_data_and_writes_reports(tmp_path: Path) -> None
     write_quarantine_rows(layout, 1)
     summary = gate_raw.run(PARAMS, layout)
     assert summary["passed"] and summary["failed"] == 0 and summary["expectations"] >= 15
-    html = layout.gate_dir("raw") / "data_docs" / "index.html"
+    html = layout.gate_dir("raw") / "docs" / "index.html"
     assert html.exists() and "<html" in html.read_text().lower()
     on_disk = json.loads((layout.gate_dir("raw") / "summary.json").read_text())
     assert on_disk["passed"] is True
@@ -75,7 +75,7 @@ def test_gate_raw_fails_on_duplicate_ids_null_captions_and_quarantine(tmp_path: 
     assert "expect_column_values_to_not_be_null(caption)" in message and "r005" in message
     assert "not-a-hash" in message and "scraped" in message
     assert "quarantine_fraction" in message
-    assert "data_docs/index.html" in message
+    assert "docs/index.html" in message
     summary = json.loads((layout.gate_dir("raw") / "summary.json").read_text())
     failed = {(e["name"], e["column"]) for e in summary["expectations"] if not e["success"]}
     assert ("expect_column_values_to_be_unique", "id") in failed

@@ -2,7 +2,7 @@
 
 Code-first GX 1.x: an ephemeral context, one pandas datasource, one dataframe asset and
 suite per `Batch`, a checkpoint over all of them with COMPLETE results, and a data-docs
-site whose files live under the gate's folder (`<gate_dir>/data_docs/index.html`).
+site whose files live under the gate's folder (`<gate_dir>/docs/index.html`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def validate(gate: str, batches: list[Batch], out_dir: str | Path) -> GateReport
     """
     gx = import_gx()
     out_dir = Path(out_dir)
-    docs_dir = out_dir / "data_docs"
+    docs_dir = out_dir / "docs"
     # a stale page from an earlier run must not sit next to this run's verdict
     shutil.rmtree(docs_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
