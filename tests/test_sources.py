@@ -14,6 +14,7 @@ from PIL import Image
 from tasks.params import DigitsSource, ShapesSource, TextilesSource
 from tasks.sources import (
     DIGIT_CLASS_NAMES,
+    SourceResult,
     generate_shape_pairs,
     load_digit_pairs,
     load_textile_pairs,
@@ -126,9 +127,17 @@ def test_stratified_cap_keeps_class_shares_and_exact_total() -> None:
 # ---------------------------------------------------------------- digits
 
 
-def test_digits_are_all_real_images_with_exact_class_names() -> None:
-    params = DigitsSource(image_size=24)
-    result = load_digit_pairs(params, seed=0, max_side=128)
+DIGITS = DigitsSource(image_size=24)
+
+
+@pytest.fixture(scope="module")
+def digits_result() -> SourceResult:
+    """All 1,797 digits once per module (each load decodes and encodes every image)."""
+    return load_digit_pairs(DIGITS, seed=0, max_side=128)
+
+
+def test_digits_are_all_real_images_with_exact_class_names(digits_result: SourceResult) -> None:
+    params, result = DIGITS, digits_result
     pairs = result.pairs
     assert len(pairs) == result.rows_in == 1797 and not result.quarantine
     assert {p["label"] for p in pairs} == set(DIGIT_CLASS_NAMES)
@@ -144,10 +153,10 @@ def test_digits_are_all_real_images_with_exact_class_names() -> None:
     assert len({p["id"] for p in pairs}) == 1797
 
 
-def test_digit_images_are_the_sklearn_strokes_white_on_black() -> None:
+def test_digit_images_are_the_sklearn_strokes_white_on_black(digits_result: SourceResult) -> None:
     from sklearn.datasets import load_digits
 
-    pairs = load_digit_pairs(DigitsSource(image_size=32), seed=0, max_side=128).pairs
+    pairs = digits_result.pairs
     originals = load_digits().images
     for i in (0, 500, 1796):
         img = np.asarray(_decode(pairs[i]["image"]).convert("L").resize((8, 8), Image.BOX))

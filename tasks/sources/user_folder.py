@@ -48,7 +48,7 @@ def resolve_inside(images_dir: Path, name: str) -> Path:
 def _caption(record: CaptionRecord, max_chars: int) -> str:
     raw = record.fields.get("caption") or ""
     if not is_utf8(raw):
-        raise RowRejected("caption_not_utf8", f"caption bytes are not UTF-8: {printable(raw)!r}")
+        raise RowRejected("caption_not_utf8", f"caption bytes are not UTF-8: '{printable(raw)}'")
     caption = raw.strip()
     if not caption:
         raise RowRejected("caption_empty", "caption is empty or whitespace")
@@ -65,7 +65,7 @@ def _optional(record: CaptionRecord, key: str) -> str | None:
     if value is None:
         return None
     if not is_utf8(value):
-        raise RowRejected("bad_row", f"{key} is not valid UTF-8: {printable(value)!r}")
+        raise RowRejected("bad_row", f"{key} is not valid UTF-8: '{printable(value)}'")
     return value.strip() or None
 
 
@@ -100,12 +100,12 @@ def load_user_pairs(
         name = record.fields.get("file") or ""
         where = f"{captions_file.name}:{record.line}"
         if name:
-            where += f" {printable(name)!r}"
+            where += f" '{printable(name)}'"
         try:
             if record.error is not None:
                 raise RowRejected("bad_row", record.error)
             if not is_utf8(name) or not name.strip():
-                raise RowRejected("bad_row", f"file {printable(name)!r} is empty or not UTF-8")
+                raise RowRejected("bad_row", f"file '{printable(name)}' is empty or not UTF-8")
             split = _row_split(record)
             label = _optional(record, "label")
             pair_id = _optional(record, "id") or f"user-{record.line:06d}"
