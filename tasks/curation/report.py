@@ -112,7 +112,7 @@ def write_entry_count_plot(
     ax.axhline(t, color="grey", linestyle="--", label=f"t = {t}")
     ax.set_xlabel("entry rank (by count before balancing)")
     ax.set_ylabel("matched pairs")
-    ax.set_title("MetaCLIP entry counts: head flattened, tail kept")
+    ax.set_title("MetaCLIP entry counts before / after balancing")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -64,7 +64,9 @@ def raw_batches(pairs: pd.DataFrame, quarantine: pd.DataFrame, gp: GateParams) -
     """gate_raw: the ingest pair table, the quarantine table and the quarantine share."""
     gxe = import_gx().expectations
     pair_rules = _pair_row_expectations(gp) + [
-        gxe.ExpectTableRowCountToBeBetween(min_value=gp.min_rows, description="gate.min_rows")
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=gp.min_rows, description=f"rows >= gate.min_rows = {gp.min_rows}"
+        )
     ]
     total = len(pairs) + len(quarantine)
     share = pd.DataFrame(
@@ -93,7 +95,7 @@ def raw_batches(pairs: pd.DataFrame, quarantine: pd.DataFrame, gp: GateParams) -
                     column="quarantine_fraction",
                     min_value=0.0,
                     max_value=gp.max_quarantine_fraction,
-                    description="gate.max_quarantine_fraction of rows_in",
+                    description=f"<= gate.max_quarantine_fraction = {gp.max_quarantine_fraction}",
                 )
             ],
         ),
