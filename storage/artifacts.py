@@ -59,12 +59,16 @@ class ArtifactStore:
         """True when a file with this digest is stored."""
         return self.path_for(sha256).is_file()
 
-    def put(self, path: str | Path) -> str:
-        """Store a copy of the file at `path`; return its sha256 (no-op if already stored)."""
+    def put(self, path: str | Path, sha256: str | None = None) -> str:
+        """Store a copy of the file at `path`; return its sha256 (no-op if already stored).
+
+        `sha256`, when the caller has just hashed the file, saves hashing it again; the copy
+        is always re-hashed before it is stored, so a wrong value is caught, never stored.
+        """
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"cannot store {source}: no such file")
-        sha = sha256_file(source)
+        sha = sha256 or sha256_file(source)
         target = self.path_for(sha)
         if target.is_file():
             return sha
@@ -78,7 +82,10 @@ class ArtifactStore:
             shutil.copyfile(source, tmp)
             copied = sha256_file(tmp)
             if copied != sha:
-                raise OSError(f"{source} changed while it was being stored; try again")
+                raise OSError(
+                    f"{source} hashes to {copied}, not {sha}: it changed while being stored "
+                    "or the given sha256 is wrong"
+                )
             tmp.chmod(0o444)
             tmp.replace(target)
         finally:

@@ -210,15 +210,50 @@ class EmbeddingStore:
         )
         return sorted({int(v) for v in rows.column("model_version").to_pylist()})
 
-    def cleanup(self, model_name: str, keep_versions: int) -> list[int]:
-        """Delete rows of all but the newest `keep_versions` versions; compact; return removed."""
+    def source_ids(self, model_name: str, model_version: int, modality: str) -> set[str]:
+        """Source (pair) ids stored for one model version and modality."""
+        table = self._table()
+        if table is None:
+            return set()
+        rows = (
+            table.search()
+            .where(_filter(model_name, model_version, modality))
+            .select(["source_id"])
+            .limit(None)
+            .to_arrow()
+        )
+        return set(rows.column("source_id").to_pylist())
+
+    def prune(self, model_name: str, model_version: int, keep_source_ids: set[str]) -> int:
+        """Delete this version's rows whose pair is no longer in `keep_source_ids`; return n."""
+        table = self._table()
+        if table is None:
+            return 0
+        stale = set()
+        for modality in MODALITIES:
+            stale |= self.source_ids(model_name, model_version, modality) - keep_source_ids
+        if not stale:
+            return 0
+        where = _filter(model_name, model_version) & col("source_id").isin(sorted(stale))
+        before = table.count_rows()
+        table.delete(where)
+        return before - table.count_rows()
+
+    def cleanup(
+        self, model_name: str, keep_versions: int, protect: set[int] | None = None
+    ) -> list[int]:
+        """Delete rows of all but the newest `keep_versions` versions; compact; return removed.
+
+        Versions in `protect` (e.g. the one `production` points at) are never removed, so an
+        alias always has embeddings to search even after several newer versions failed a gate.
+        """
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
         table = self._table()
         if table is None:
             return []
         versions = self.versions(model_name)
-        removed = versions[:-keep_versions]
+        removed = [v for v in versions[:-keep_versions] if v not in (protect or set())]
         if removed:
             table.delete(_filter(model_name=model_name) & col("model_version").isin(removed))
         # cleanup_older_than=0 drops old table versions too, so the deleted vectors' bytes

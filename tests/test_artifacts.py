@@ -50,3 +50,14 @@ def test_missing_bad_and_corrupt_artifacts_are_errors(tmp_path: Path) -> None:
 def test_remote_uri_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match="only local paths"):
         ArtifactStore("s3://bucket/artifacts")
+
+
+def test_a_wrong_claimed_hash_is_caught_not_stored(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "a")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"payload")
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(OSError, match="not " + wrong):
+        store.put(src, sha256=wrong)
+    assert not store.exists(wrong)
+    assert store.put(src, sha256=hashlib.sha256(b"payload").hexdigest()) == store.put(src)
