@@ -65,6 +65,7 @@ def bad_user_folder(tmp_path: Path) -> dict:
     _save(Image.new("RGB", (32, 32)), base / "outside.png")
     os.symlink(images / "ok.png", images / "link_inside.png")
     os.symlink(base / "outside.png", images / "link_outside.png")
+    os.symlink(images / "loop.png", images / "loop.png")  # resolves to itself forever
 
     good = b"a plain caption of a picture"
     rows: list[tuple[bytes, str]] = [  # (CSV line, expected reason or "ok")
@@ -77,6 +78,7 @@ def bad_user_folder(tmp_path: Path) -> dict:
         (b"ok.png,an evaluation row,,,EVAL", "ok"),
         (b"missing.png," + good + b",,,", "image_missing"),
         (b"sub," + good + b",,,", "image_missing"),  # a directory, not a file
+        (b"loop.png," + good + b",,,", "image_missing"),
         (b"empty.png," + good + b",,,", "image_empty"),
         (b"huge.png," + good + b",,,", "image_too_large"),
         (b"garbage.png," + good + b",,,", "image_undecodable"),

@@ -72,6 +72,10 @@ def test_store_encoded_keeps_small_rgb_jpeg_bytes_and_converts_others() -> None:
 
     grey = store_encoded(_png(Image.new("L", (20, 20), 128)), min_side=8, max_side=128)
     assert _decode(grey.data).mode == "RGB"
+    # 16-bit greyscale is scaled into 8 bits, not clipped to white.
+    deep = Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16))
+    deep_stored = _decode(store_encoded(_png(deep), min_side=8, max_side=128).data)
+    assert deep_stored.getpixel((3, 3)) == (128, 128, 128)
     # Transparent pixels are composited on white, not left to turn black.
     rgba = Image.new("RGBA", (20, 20), (255, 0, 0, 0))
     flat = _decode(store_encoded(_png(rgba), min_side=8, max_side=128).data)

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 # EXIF orientation tag: images with another value are rotated before storing.
@@ -67,6 +68,17 @@ def encode_image(img: Image.Image, fmt: str = "PNG") -> StoredImage:
         raise ValueError(f"unsupported storage format {fmt!r}: use PNG or JPEG")
     data = buf.getvalue()
     return StoredImage(data, img.width, img.height, sha256_hex(data), fmt)
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale scaled into 0..255 (PIL's own convert clips them to white)."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if img.mode == "F" and arr.max() <= 1.0:
+        top = 1.0  # float images usually hold 0..1
+    return Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
 
 
 def store_image(img: Image.Image, max_side: int, fmt: str = "PNG") -> StoredImage:
@@ -125,7 +137,7 @@ def store_encoded(data: bytes, *, min_side: int, max_side: int) -> StoredImage:
         return StoredImage(data, img.width, img.height, sha256_hex(data), "JPEG")
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)  # animated GIF/PNG/WebP: the first frame is the image
-    img = ImageOps.exif_transpose(img)
+    img = to_8bit(ImageOps.exif_transpose(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparency on white so transparent pixels do not turn black.
         rgba = img.convert("RGBA")
@@ -136,15 +148,18 @@ def store_encoded(data: bytes, *, min_side: int, max_side: int) -> StoredImage:
 
 def read_image_file(path: Path, max_bytes: int) -> bytes:
     """Read an image file, or raise ImageRejected for a missing, empty or oversized file."""
-    if not path.exists():
-        raise ImageRejected("image_missing", f"{path} does not exist")
-    if not path.is_file():
-        raise ImageRejected("image_missing", f"{path} is not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise ImageRejected("image_empty", f"{path} has zero bytes")
-    if size > max_bytes:
-        raise ImageRejected(
-            "image_too_large", f"{path} has {size} bytes > ingest.max_image_bytes={max_bytes}"
-        )
-    return path.read_bytes()
+    try:
+        if not path.exists():
+            raise ImageRejected("image_missing", f"{path} does not exist")
+        if not path.is_file():
+            raise ImageRejected("image_missing", f"{path} is not a regular file")
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageRejected("image_empty", f"{path} has zero bytes")
+        if size > max_bytes:
+            raise ImageRejected(
+                "image_too_large", f"{path} has {size} bytes > ingest.max_image_bytes={max_bytes}"
+            )
+        return path.read_bytes()
+    except OSError as exc:  # permissions, name too long, I/O error: the image is not available
+        raise ImageRejected("image_missing", f"{path} could not be read: {exc}") from None

@@ -37,7 +37,10 @@ def resolve_inside(images_dir: Path, name: str) -> Path:
     relative = Path(name)
     if relative.is_absolute():
         raise RowRejected("path_escape", f"{name!r} is absolute; give a path inside images_dir")
-    resolved = (images_dir / relative).resolve()
+    try:
+        resolved = (images_dir / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise RowRejected("image_missing", f"{name!r} cannot be resolved: {exc}") from None
     if not resolved.is_relative_to(images_dir):
         raise RowRejected(
             "path_escape", f"{name!r} resolves to {resolved}, outside images_dir {images_dir}"
