@@ -119,7 +119,7 @@ def build_project(root: Path, seed: int = 0) -> tuple[Layout, PipelineParams]:
     layout = Layout.at(root)
     pairs = make_pairs()
     write_pairs(pairs, layout.pairs)
-    write_pairs(pairs.iloc[1:], layout.curated)  # curation dropped one pair
+    write_pairs(pairs.drop(index=5), layout.curated)  # curation dropped one pair
     student_sha = save_stage_model(layout, "student", None, seed)
     save_stage_model(layout, "finetuned", {"stage": "student", "weights_sha256": student_sha},
                      seed + 1)  # fmt: skip
