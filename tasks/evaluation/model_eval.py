@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from tasks.evaluation.embedding_metrics import pair_geometry
 from tasks.evaluation.eval_sets import EvalSets, LabelledSet
 from tasks.evaluation.retrieval import retrieval_metrics
 from tasks.evaluation.zeroshot import ZeroShotResult, build_classifier, evaluate_zeroshot
 from tasks.models.encode import encode_images, encode_texts
-from tasks.models.factory import LoadedModel
+from tasks.models.factory import LoadedModel, vision_parameters
 
 
 @dataclass
@@ -22,14 +21,6 @@ class ModelEvaluation:
 
     metrics: dict[str, float]
     zeroshot: dict[str, ZeroShotResult] = field(default_factory=dict)  # task -> result
-
-
-def count_vision_params(model: torch.nn.Module) -> int:
-    """Parameters of the image tower (what distillation shrinks)."""
-    visual = getattr(model, "visual", None)
-    if visual is None:
-        raise ValueError(f"{type(model).__name__} has no .visual tower to count")
-    return int(sum(p.numel() for p in visual.parameters()))
 
 
 def zeroshot_on(loaded: LoadedModel, data: LabelledSet, batch_size: int) -> ZeroShotResult:
@@ -64,7 +55,8 @@ def evaluate_model(
     # Geometry over matched (image, caption) pairs: one row per caption with its image.
     metrics.update(pair_geometry(image_emb[retrieval.text_to_image], text_emb))
 
-    metrics["vision_params"] = count_vision_params(loaded.model)
+    # Image-tower size: what distillation shrinks; the registry shows it next to accuracy.
+    metrics["vision_params"] = vision_parameters(loaded.model)
     metrics = {k: (float(v) if k != "vision_params" else int(v)) for k, v in metrics.items()}
     return ModelEvaluation(metrics=metrics, zeroshot=results)
 
