@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -184,9 +185,10 @@ def test_rerun_is_idempotent(registered) -> None:
     assert store.count(model_name="clipops-clip") == 22
 
 
-def test_failed_gate_keeps_production_and_cleanup_protects_it(tmp_path: Path) -> None:
-    layout, params = build_project(tmp_path / "p", seed=10)
-    assert register.run(params, layout)["production_version"] == 2
+def test_failed_gate_keeps_production_and_cleanup_protects_it(registered, tmp_path: Path) -> None:
+    # continue from a copy of the registered project (v2 in production), not the shared one
+    shutil.copytree(registered[0].root, tmp_path / "p")
+    layout, params = Layout.at(tmp_path / "p"), registered[1]
     for seed in (20, 30):  # two new finetuned models that both fail the gate
         sha = json.loads((layout.model_dir("student") / "card.json").read_text())["weights_sha256"]
         save_stage_model(layout, "finetuned", {"stage": "student", "weights_sha256": sha}, seed)
