@@ -257,6 +257,7 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
                             registry, artifacts, store)  # fmt: skip
     except BaseException:
         registry.finish_run(run_id, "failed")
+        registry.close()
         raise
     registry.finish_run(run_id, "succeeded")
     registry.close()
