@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from tasks.device import pick_device
@@ -80,7 +79,6 @@ def _write_plots(
 
 def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
     """Score every model in `evaluate.models` and write metrics and plots."""
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
     missing = [s for s in params.evaluate.models if not layout.model_dir(s).exists()]
     if missing:
         raise StageError(
@@ -109,7 +107,7 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         "metrics": metrics,
         "chance": chance_levels(sets, params.evaluate.recall_at),
         "eval_rows": sets.counts(),
-        "textiles_evaluated": sets.textiles is not None,
+        "skipped": sets.skipped,
         "metrics_file": str(layout.eval_metrics.relative_to(layout.root)),
         "plots": plots,
     }

@@ -165,7 +165,11 @@ def test_eval_sets_need_digits_and_unique_captions(evaluated) -> None:
     no_label.loc[no_label.index[no_label["source"] == "digits"][0], "label"] = None
     with pytest.raises(StageError, match="have no label"):
         build_eval_sets(no_label, params)
+    no_textiles = build_eval_sets(curated[curated["source"] != "textiles"], params)
+    assert no_textiles.textiles is None
+    assert "no textiles eval rows" in no_textiles.skipped["textiles_zeroshot"]
     sets = build_eval_sets(curated, params)
+    assert sets.skipped == {}
     assert sets.digits.templates == params.ingest.digits.eval_templates
     assert sets.textiles is not None
     assert sets.textiles.classnames == ["global defect", "local defect", "nominal"]

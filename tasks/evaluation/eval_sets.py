@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -36,6 +36,7 @@ class EvalSets:
     digits: LabelledSet
     textiles: LabelledSet | None  # None when the textile source is absent from the eval rows
     retrieval: RetrievalSet
+    skipped: dict[str, str] = field(default_factory=dict)  # optional task -> why it was not run
 
     def counts(self) -> dict[str, int]:
         """Row counts per set, for the stage summary."""
@@ -83,14 +84,19 @@ def build_eval_sets(curated: pd.DataFrame, params: PipelineParams) -> EvalSets:
         raise StageError(
             f"digits eval rows hold only the class(es) {digit_set.classnames}; zero-shot needs >= 2"
         )
+    skipped: dict[str, str] = {}
     textiles = eval_rows[eval_rows["source"] == "textiles"]
-    textile_set = (
-        _labelled(textiles, "textiles", params.evaluate.textiles_templates)
-        if not textiles.empty
-        else None
-    )
-    if textile_set is not None and len(textile_set.classnames) < 2:
-        textile_set = None  # one class cannot be classified; reported as absent
+    textile_set = None
+    if textiles.empty:
+        skipped["textiles_zeroshot"] = "no textiles eval rows (ingest.textiles disabled?)"
+    else:
+        textile_set = _labelled(textiles, "textiles", params.evaluate.textiles_templates)
+        if len(textile_set.classnames) < 2:
+            skipped["textiles_zeroshot"] = (
+                f"textiles eval rows hold only the class(es) {textile_set.classnames}; "
+                "zero-shot needs >= 2"
+            )
+            textile_set = None
     retrieval_rows = eval_rows[eval_rows["source"].isin(params.evaluate.retrieval_sources)]
     retrieval = unique_caption_rows(retrieval_rows)
     if len(retrieval.captions) < 2:
@@ -100,4 +106,4 @@ def build_eval_sets(curated: pd.DataFrame, params: PipelineParams) -> EvalSets:
             f"{retrieval.dropped_repeated_captions} dropped for repeated captions. "
             "Enable ingest.shapes or set evaluate.retrieval_sources"
         )
-    return EvalSets(digits=digit_set, textiles=textile_set, retrieval=retrieval)
+    return EvalSets(digits=digit_set, textiles=textile_set, retrieval=retrieval, skipped=skipped)
