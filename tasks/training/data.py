@@ -1,0 +1,175 @@
+"""Training data as tensors: images decoded once, captions tokenised (or embedded) once.
+
+`PairTensors` is the trainer's batch source for image-caption pairs. Two facts make it
+cheap: images are decoded once into uint8 `[N, 3, S, S]`, and captions repeat (templates x
+class names), so each UNIQUE caption is tokenised once. With a locked text tower its output
+depends only on the caption, so the tower runs once per unique caption here and each step
+only applies the trainable projection (`text_pooled` in the batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from tasks.images import decode_images, normalize, random_resized_crop_flip
+from tasks.models.factory import LoadedModel
+
+Batch = dict[str, torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from a dataset: its size and a batch for given row indices."""
+
+    def __len__(self) -> int: ...
+
+    def to(self, device: torch.device) -> BatchSource: ...
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch: ...
+
+
+@dataclass
+class Augment:
+    """Train-time image augmentation (seeded by the trainer's generator)."""
+
+    crop_scale_min: float = 1.0  # 1.0 and flip_p 0.0 = no augmentation
+    flip_p: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_scale_min < 1.0 or self.flip_p > 0.0
+
+
+def is_text_locked(model: torch.nn.Module) -> bool:
+    """True when the text tower has an HF transformer whose weights are all frozen."""
+    text = getattr(model, "text", None)
+    transformer = getattr(text, "transformer", None)
+    if transformer is None or not hasattr(text, "pooler") or not hasattr(text, "proj"):
+        return False
+    return not any(p.requires_grad for p in transformer.parameters())
+
+
+@torch.no_grad()
+def pooled_text_features(
+    model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    """The locked HF tower's pooled output (before `proj`) for each row of `tokens`.
+
+    Computed in eval mode: a frozen tower is a fixed feature extractor, no dropout.
+    """
+    text = model.text
+    was_training = text.training
+    text.eval()
+    out = []
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(tokens), batch_size), desc="text features", leave=False):
+        x = tokens[start : start + batch_size].to(device)
+        mask = (x != text.config.pad_token_id).long()
+        hidden = text.transformer(input_ids=x, attention_mask=mask)
+        out.append(text.pooler(hidden, mask).float())
+    text.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, text.config.hidden_size)
+
+
+class PairTensors:
+    """Image-caption pairs held as tensors; `batch()` returns normalised, augmented images.
+
+    Batch keys: `image` (float `[B, 3, S, S]`), `index` (row ids), and either `text_pooled`
+    (locked tower features, `[B, d]`) or `text` (token ids `[B, L]`).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        caption_index: torch.Tensor,
+        caption_tokens: torch.Tensor,
+        caption_pooled: torch.Tensor | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment | None = None,
+    ) -> None:
+        if len(images) != len(caption_index):
+            raise ValueError(f"{len(images)} images but {len(caption_index)} captions")
+        self.images = images
+        self.caption_index = caption_index
+        self.caption_tokens = caption_tokens
+        self.caption_pooled = caption_pooled
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment or Augment()
+
+    @classmethod
+    def from_pairs(
+        cls,
+        images: Sequence[bytes],
+        captions: Sequence[str],
+        loaded: LoadedModel,
+        augment: Augment | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> PairTensors:
+        """Decode images at the model's size; tokenise (and, if locked, embed) unique captions."""
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        if len(images) == 0:
+            raise ValueError("no training pairs: the train split is empty")
+        pixels = decode_images(images, loaded.image_size, ids=ids)
+        codes, uniques = pd.factorize(pd.Series(list(captions), dtype="object"))
+        tokens = loaded.tokenizer(list(uniques))
+        pooled = (
+            pooled_text_features(loaded.model, tokens) if is_text_locked(loaded.model) else None
+        )
+        cfg = loaded.preprocess_cfg
+        index = torch.as_tensor(codes, dtype=torch.long)
+        return cls(pixels, index, tokens, pooled, cfg["mean"], cfg["std"], augment)
+
+    @classmethod
+    def from_frame(
+        cls, df: pd.DataFrame, loaded: LoadedModel, augment: Augment | None = None
+    ) -> PairTensors:
+        """From a pair table (columns image, caption, and id when present)."""
+        ids = df["id"].tolist() if "id" in df else None
+        return cls.from_pairs(df["image"].tolist(), df["caption"].tolist(), loaded, augment, ids)
+
+    @property
+    def num_unique_captions(self) -> int:
+        return len(self.caption_tokens)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device) -> PairTensors:
+        """Move the tensors once (uint8 images are small); batches are then sliced on device."""
+        self.images = self.images.to(device)
+        self.caption_index = self.caption_index.to(device)
+        self.caption_tokens = self.caption_tokens.to(device)
+        if self.caption_pooled is not None:
+            self.caption_pooled = self.caption_pooled.to(device)
+        return self
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        index = index.to(self.images.device)
+        image = normalize(self.images[index], self.mean, self.std)
+        if self.augment.enabled:
+            scale = (self.augment.crop_scale_min, 1.0)
+            image = random_resized_crop_flip(
+                image, generator, scale=scale, flip_p=self.augment.flip_p
+            )
+        caption = self.caption_index[index]
+        out: Batch = {"image": image, "index": index}
+        if self.caption_pooled is not None:
+            out["text_pooled"] = self.caption_pooled[caption]
+        else:
+            out["text"] = self.caption_tokens[caption]
+        return out
+
+
+def encode_batch_text(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Normalised text features of a batch: projection of pooled features, or the full tower."""
+    if "text_pooled" in batch:
+        return F.normalize(model.text.proj(batch["text_pooled"]), dim=-1)
+    return model.encode_text(batch["text"], normalize=True)
