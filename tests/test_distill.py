@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
 
+from tasks import distill
+from tasks.distill import DistillSummary, affinity_loss_fn
 from tasks.distillation.affinity_loss import AffinityMimickingLoss, soft_cross_entropy
+from tasks.distillation.augment_params import apply_views
+from tasks.distillation.inherit import inherit_weights
+from tasks.distillation.reinforced_data import ReinforcedTensors
+from tasks.distillation.reinforced_table import read_reinforced
+from tasks.errors import StageError
+from tasks.images import decode_images, normalize
+from tasks.layout import Layout
+from tasks.models import create_model, load_model, read_card, vision_parameters
+from tasks.training.trainer import train
+from tests.test_reinforce import build_reinforced_project, reinforce_params, save_random_teacher
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -87,3 +102,100 @@ def test_rejects_bad_settings_and_mismatched_batches() -> None:
     with pytest.raises(ValueError, match="batch"):
         a, b, c, d = _unit(4, 8, 0), _unit(4, 8, 1), _unit(3, 8, 2), _unit(3, 8, 3)
         AffinityMimickingLoss()(a, b, 10.0, c, d)
+
+
+# --- the distill stage on a tiny reinforced dataset -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reinforced(tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    layout, _ = build_reinforced_project(tmp_path_factory.mktemp("distill") / "project")
+    return layout
+
+
+@pytest.fixture(scope="module")
+def distilled(reinforced: Layout) -> tuple[Layout, DistillSummary]:
+    return reinforced, distill.run(reinforce_params(), reinforced)
+
+
+def test_student_is_loadable_smaller_and_names_its_parent(distilled) -> None:
+    layout, summary = distilled
+    student = load_model(layout.model_dir("student"))
+    teacher_card = read_card(layout.model_dir("teacher"))
+    card = student.card
+    assert student.name == "clipops-vit-xs-minilm"
+    assert card["stage"] == "student"
+    assert card["parent"] == {"stage": "teacher", "weights_sha256": teacher_card["weights_sha256"]}
+    metrics = card["metrics"]
+    assert metrics["vision_params"] == vision_parameters(student.model) == summary.vision_params
+    assert metrics["teacher_vision_params"] == teacher_card["metrics"].get(
+        "vision_params", metrics["teacher_vision_params"]
+    )
+    assert metrics["vision_params"] <= 0.5 * metrics["teacher_vision_params"]
+    assert card["inheritance"]["initialised"] == 0
+    assert summary.steps == 24 // 8 and math.isfinite(summary.final_loss)
+    log = pd.read_csv(layout.train_log("distill"))
+    assert {"soft_loss", "hard_loss"} <= set(log.columns) and len(log) == 3
+    assert (log["hard_loss"] == 0).all()  # alpha = 1: pure affinity mimicking
+
+
+def test_batches_recreate_the_sampled_stored_view(reinforced: Layout) -> None:
+    data = read_reinforced(reinforced.reinforced_db)
+    student = create_model("clipops-vit-xs-minilm", lock_text=True)
+    tensors = ReinforcedTensors.build(data, student)
+    batch = tensors.batch(torch.tensor([4, 0, 9]), torch.Generator().manual_seed(0))
+    for row, (i, a) in enumerate(zip([4, 0, 9], batch["aug_index"].tolist(), strict=True)):
+        x = normalize(
+            decode_images([data.images[i]], student.image_size),
+            student.preprocess_cfg["mean"],
+            student.preprocess_cfg["std"],
+        )
+        expected = apply_views(x, [data.views[i][a]])[0]
+        assert torch.allclose(batch["image"][row], expected, atol=1e-5)
+        assert torch.equal(batch["teacher_image"][row], torch.from_numpy(data.view_vectors[i, a]))
+        assert torch.equal(batch["teacher_text"][row], torch.from_numpy(data.text_vectors[i]))
+    assert "text_pooled" in batch  # locked student text tower: pooled features precomputed
+    # Over many draws every stored view gets used.
+    seen = {
+        int(a)
+        for s in range(20)
+        for a in tensors.batch(torch.tensor([1]), torch.Generator().manual_seed(s))["aug_index"]
+    }
+    assert seen == set(range(data.view_vectors.shape[1]))
+
+
+def test_training_moves_the_student_towards_the_teacher(reinforced: Layout) -> None:
+    """The affinity loss on the whole set (view 0) falls after a few epochs of distillation."""
+    data = read_reinforced(reinforced.reinforced_db)
+    teacher = load_model(reinforced.model_dir("teacher"))
+    student = create_model("clipops-vit-xs-minilm", lock_text=True)
+    inherit_weights(teacher.model, student.model)
+    tensors = ReinforcedTensors.build(data, student)
+    loss = AffinityMimickingLoss()
+    fn = affinity_loss_fn(loss)
+    everything = torch.arange(len(tensors))
+
+    def full_loss() -> float:
+        batch = tensors.batch(everything, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return fn(student.model, batch)[0].item()
+
+    before = full_loss()
+    params = reinforce_params(epochs=6, lr=2e-3).distill
+    train(student.model, tensors, fn, params, torch.device("cpu"))
+    assert full_loss() < before - 0.05
+
+
+def test_stale_reinforced_dataset_is_refused(reinforced: Layout, tmp_path: Path) -> None:
+    layout = Layout.at(tmp_path / "p")
+    shutil.copytree(reinforced.reinforced_db, layout.reinforced_db)
+    save_random_teacher(layout, seed=7)  # a different teacher than the one reinforced
+    with pytest.raises(StageError, match="re-run the reinforce stage"):
+        distill.run(reinforce_params(), layout)
+
+
+def test_student_too_large_and_missing_data_are_refused(reinforced: Layout, tmp_path: Path):
+    with pytest.raises(StageError, match="max_vision_fraction"):
+        distill.run(reinforce_params(student="clipops-vit-s-minilm"), reinforced)
+    with pytest.raises(StageError, match="run the reinforce stage first"):
+        distill.run(reinforce_params(), Layout.at(tmp_path / "empty"))
