@@ -139,10 +139,18 @@ def test_student_is_loadable_smaller_and_names_its_parent(distilled) -> None:
     assert (log["hard_loss"] == 0).all()  # alpha = 1: pure affinity mimicking
 
 
-def test_batches_recreate_the_sampled_stored_view(reinforced: Layout) -> None:
+@pytest.fixture(scope="module")
+def student_data(reinforced: Layout):
+    """The reinforced data, and a student inherited from the saved teacher with its tensors."""
     data = read_reinforced(reinforced.reinforced_db)
+    teacher = load_model(reinforced.model_dir("teacher"))
     student = create_model("clipops-vit-xs-minilm", lock_text=True)
-    tensors = ReinforcedTensors.build(data, student)
+    inherit_weights(teacher.model, student.model)
+    return data, student, ReinforcedTensors.build(data, student)
+
+
+def test_batches_recreate_the_sampled_stored_view(student_data) -> None:
+    data, student, tensors = student_data
     batch = tensors.batch(torch.tensor([4, 0, 9]), torch.Generator().manual_seed(0))
     for row, (i, a) in enumerate(zip([4, 0, 9], batch["aug_index"].tolist(), strict=True)):
         x = normalize(
@@ -164,15 +172,10 @@ def test_batches_recreate_the_sampled_stored_view(reinforced: Layout) -> None:
     assert seen == set(range(data.view_vectors.shape[1]))
 
 
-def test_training_moves_the_student_towards_the_teacher(reinforced: Layout) -> None:
+def test_training_moves_the_student_towards_the_teacher(student_data) -> None:
     """The affinity loss on the whole set (view 0) falls after a few epochs of distillation."""
-    data = read_reinforced(reinforced.reinforced_db)
-    teacher = load_model(reinforced.model_dir("teacher"))
-    student = create_model("clipops-vit-xs-minilm", lock_text=True)
-    inherit_weights(teacher.model, student.model)
-    tensors = ReinforcedTensors.build(data, student)
-    loss = AffinityMimickingLoss()
-    fn = affinity_loss_fn(loss)
+    _, student, tensors = student_data
+    fn = affinity_loss_fn(AffinityMimickingLoss())
     everything = torch.arange(len(tensors))
 
     def full_loss() -> float:
@@ -181,9 +184,10 @@ def test_training_moves_the_student_towards_the_teacher(reinforced: Layout) -> N
             return fn(student.model, batch)[0].item()
 
     before = full_loss()
-    params = reinforce_params(epochs=6, lr=2e-3).distill
+    params = reinforce_params(epochs=4, lr=2e-3, batch_size=12).distill
     train(student.model, tensors, fn, params, torch.device("cpu"))
-    assert full_loss() < before - 0.05
+    after = full_loss()
+    assert after < before - 0.05, f"affinity loss {before:.4f} -> {after:.4f}"
 
 
 def test_stale_reinforced_dataset_is_refused(reinforced: Layout, tmp_path: Path) -> None:
