@@ -27,6 +27,7 @@ from tasks.evaluation.plots import (
     write_recall_csv,
 )
 from tasks.layout import Layout
+from tasks.models.factory import ModelLoadError
 from tasks.models.io import load_model
 from tasks.pair_table import read_pairs
 from tasks.params import PipelineParams
@@ -94,7 +95,10 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
 
     results: dict[str, ModelEvaluation] = {}
     for stage in tqdm(params.evaluate.models, desc="evaluate models", unit="model"):
-        loaded = load_model(layout.model_dir(stage), device)
+        try:
+            loaded = load_model(layout.model_dir(stage), device)
+        except ModelLoadError as exc:
+            raise StageError(f"cannot evaluate {stage!r}: {exc}") from None
         results[stage] = evaluate_model(
             loaded, sets, params.evaluate.recall_at, params.evaluate.batch_size
         )

@@ -154,6 +154,16 @@ def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
         run(params, layout)
 
 
+def test_broken_model_folder_is_a_clear_error(evaluated, tmp_path: Path) -> None:
+    layout, params, _ = evaluated
+    broken = Layout.at(tmp_path)
+    write_pairs(read_pairs(layout.curated), broken.curated)
+    broken.model_dir("teacher").mkdir(parents=True)  # a folder without the model files
+    one = parse_params({**STAGE_PARAMS, "evaluate": {"models": ["teacher"]}})
+    with pytest.raises(StageError, match="cannot evaluate 'teacher'.*open_clip_config.json"):
+        run(one, broken)
+
+
 def test_eval_sets_need_digits_and_unique_captions(evaluated) -> None:
     layout, params, _ = evaluated
     curated = read_pairs(layout.curated)
