@@ -74,7 +74,7 @@ def _load_teacher(layout: Layout) -> LoadedModel:
     try:
         return load_model(layout.model_dir("teacher"), device="cpu")
     except ModelLoadError as exc:
-        raise StageError(f"distill: cannot load the teacher: {exc}") from None
+        raise StageError(f"cannot load the teacher: {exc}") from None
 
 
 def _check_lineage(teacher: LoadedModel, manifest: dict[str, Any], layout: Layout) -> str:
@@ -84,7 +84,7 @@ def _check_lineage(teacher: LoadedModel, manifest: dict[str, Any], layout: Layou
     )
     if manifest["teacher_weights_sha256"] != sha:
         raise StageError(
-            f"distill: {layout.reinforced_db} was built from teacher weights "
+            f"{layout.reinforced_db} was built from teacher weights "
             f"{manifest['teacher_weights_sha256'][:12]}, but models/teacher holds {sha[:12]}: "
             "re-run the reinforce stage"
         )
@@ -117,7 +117,7 @@ def run(params: PipelineParams, layout: Layout) -> DistillSummary:
     try:
         data = read_reinforced(layout.reinforced_db)
     except ReinforcedDataError as exc:
-        raise StageError(f"distill: {exc}") from None
+        raise StageError(f"{exc}") from None
     teacher = _load_teacher(layout)
     teacher_sha = _check_lineage(teacher, data.manifest, layout)
     student, report = _build_student(cfg, teacher)

@@ -69,13 +69,13 @@ def load_train_pairs(layout: Layout) -> pd.DataFrame:
     try:
         pairs = read_pairs(layout.curated)
     except (FileNotFoundError, ValueError) as exc:
-        raise StageError(f"reinforce: {exc}") from None
+        raise StageError(str(exc)) from None
     train = pairs[pairs["split"] == "train"].reset_index(drop=True)
     if train.empty:
-        raise StageError(f"reinforce: {layout.curated} has no train rows; check the curate stage")
+        raise StageError(f"{layout.curated} has no train rows; check the curate stage")
     if train["id"].duplicated().any():
         dup = train.loc[train["id"].duplicated(), "id"].iloc[0]
-        raise StageError(f"reinforce: pair id {dup!r} appears twice in {layout.curated}")
+        raise StageError(f"pair id {dup!r} appears twice in {layout.curated}")
     return train
 
 
@@ -84,7 +84,7 @@ def load_teacher(layout: Layout, device: torch.device) -> LoadedModel:
     try:
         return load_model(layout.model_dir("teacher"), device=device)
     except ModelLoadError as exc:
-        raise StageError(f"reinforce: cannot load the teacher: {exc}") from None
+        raise StageError(f"cannot load the teacher: {exc}") from None
 
 
 def _write_views(
@@ -108,7 +108,7 @@ def _write_views(
                 progress=False,
             )
         except ImageDecodeError as exc:
-            raise StageError(f"reinforce: {exc}; re-run ingest/curate") from None
+            raise StageError(f"{exc}; re-run ingest/curate") from None
         views = [sample_views(cfg.seed, pid, k, cfg.crop_scale_min, cfg.flip_p) for pid in chunk]
         flat = [v for per_image in views for v in per_image]
         vectors = encode_views(teacher, pixels.repeat_interleave(k, dim=0), flat)
