@@ -165,7 +165,7 @@ def test_custom_loss_hook_logs_extra_columns(tmp_path, pairs):
     def loss_fn(model, batch):
         loss = clip_loss_fn(model, batch)
         calls.append(batch["index"].shape[0])
-        return loss, {"scale": float(model.logit_scale.exp())}
+        return loss, {"scale": float(model.logit_scale.detach().exp())}
 
     log = tmp_path / "loss.csv"
     train(
