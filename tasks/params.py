@@ -150,12 +150,6 @@ class TrainParams(StrictModel):
     flip_p: float = Field(
         0.0, ge=0.0, le=1.0, description="horizontal flip chance (0: captions name left/right)"
     )
-    crop_scale_min: float = Field(
-        1.0, gt=0.0, le=1.0, description="random resized crop area share (1.0 = no crop)"
-    )
-    flip_p: float = Field(
-        0.0, ge=0.0, le=1.0, description="horizontal flip chance (0: captions name left/right)"
-    )
 
 
 class TeacherParams(TrainParams):
@@ -201,7 +195,6 @@ class FinetuneParams(TrainParams):
     epochs: int = Field(2, ge=1, le=10_000)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     warmup_steps: int = Field(10, ge=0)
-    lock_text: bool = Field(True, description="keep the pretrained text tower locked")
     lock_text: bool = Field(True, description="keep the pretrained text tower locked")
 
 
