@@ -176,7 +176,9 @@ class DistillParams(TrainParams):
     inherit: bool = Field(True, description="TinyCLIP manual weight inheritance from the teacher")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of the affinity (soft) loss")
     weight: float = Field(1.0, gt=0.0, description="TinyCLIP distillation weight w")
-    epochs: int = Field(8, ge=1, le=10_000)
+    epochs: int = Field(
+        16, ge=1, le=10_000, description="16 keeps >= 0.9x the teacher's digits acc1 (8: 0.81x)"
+    )
     teacher_logit_scale: float | None = Field(
         100.0,
         gt=0.0,

@@ -12,10 +12,10 @@ so, term for term, `total = alpha*w*distill + (1-alpha)*w*contrastive` of open_c
 the teacher is never run while the student trains.
 
 Teacher logit scale: fixed, by default 100 as in MobileCLIP (its KD targets use a fixed 100
-rather than the teacher's learned temperature). A teacher trained briefly here learns a much
-smaller scale (~15-30) whose softmax is nearly flat over a batch of similar digits; the fixed,
-sharper scale keeps the targets informative. `teacher_logit_scale` can be set to the
-teacher's stored scale instead (the reinforce stage records it).
+rather than the teacher's learned temperature). `teacher_logit_scale` can be set to the
+teacher's own learned scale instead (the reinforce stage records it). Measured on digits
+(teacher learned scale 14.3, 8 distill epochs): student zero-shot acc1 0.651 with 100,
+0.675 with the teacher's own; with 16 epochs and 100 the student reached 0.779 (teacher 0.807).
 """
 
 from __future__ import annotations
