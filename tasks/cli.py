@@ -79,6 +79,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(out)
 
 
+def _label(value: object) -> str:
+    """Rows without a class (generated scenes, user pairs) show an empty label, not 'nan'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
 def _short(text: Any, width: int = 60) -> str:
     text = "" if text is None else str(text)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -118,7 +125,7 @@ def cmd_search(args: argparse.Namespace) -> str:
         shown = repr(args.query)
     hits = store.search(query, args.k, name, record.version, args.modality)
     rows = [
-        [str(h.rank), f"{h.distance:.4f}", str(h.source_id), _short(h.caption), str(h.label or "")]
+        [str(h.rank), f"{h.distance:.4f}", str(h.source_id), _short(h.caption), _label(h.label)]
         for h in hits.itertuples()
     ]
     head = (

@@ -60,7 +60,7 @@ class ShapesSource(StrictModel):
     """Generated compositional scenes (shape x colour x size x position) with exact captions."""
 
     enabled: bool = True
-    num_pairs: int = Field(3000, ge=10, le=1_000_000)
+    num_pairs: int = Field(2000, ge=10, le=1_000_000)
     image_size: int = Field(64, ge=16, le=512)
     heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     exact_duplicates: int = Field(40, ge=0, description="injected byte-identical copies")
@@ -156,6 +156,9 @@ class TeacherParams(TrainParams):
     model: str = Field("clipops-vit-s-minilm", description="repo JSON config or open_clip name")
     pretrained: str | None = Field(None, description="local checkpoint path (no downloads)")
     lock_text: bool = Field(True, description="lock the pretrained text tower (LLM2CLIP idea)")
+    epochs: int = Field(
+        4, ge=1, le=10_000, description="4 reach digits zero-shot acc1 ~0.86 on the bundled mix"
+    )
 
 
 class ReinforceParams(StrictModel):

@@ -20,8 +20,17 @@ from tests.conftest import REPO_ROOT, TINY_PARAMS
 
 pytestmark = pytest.mark.slow
 ALL_STAGES = {
-    "ingest", "gate_raw", "curate", "gate_curated", "teacher", "reinforce",
-    "distill", "finetune", "evaluate", "gate_eval", "register",
+    "ingest",
+    "gate_raw",
+    "curate",
+    "gate_curated",
+    "teacher",
+    "reinforce",
+    "distill",
+    "finetune",
+    "evaluate",
+    "gate_eval",
+    "register",
 }
 
 
@@ -42,8 +51,7 @@ def dvc_project(tmp_path: Path) -> Path:
     root = tmp_path / "clipops"
     root.mkdir()
     for name in ("tasks", "storage"):
-        shutil.copytree(REPO_ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     (root / ".gitignore").write_text("store/\n")

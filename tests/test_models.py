@@ -112,9 +112,21 @@ def test_save_load_round_trip_and_plain_open_clip(tmp_path, teacher):
         feats = torch.nn.functional.normalize(model.encode_image(x), dim=-1).numpy()
     np.testing.assert_allclose(feats, want_i, atol=1e-4)
 
-    # and open_clip's own local-dir schema reads the folder as is
+    # and open_clip's own local-dir schema reads the folder as is, weights included
     model2 = open_clip.create_model(f"local-dir:{out}")
-    assert torch.equal(model2.state_dict()["logit_scale"], model.state_dict()["logit_scale"])
+    for key, value in loaded_state(out).items():
+        assert torch.equal(model2.state_dict()[key], value), key
+
+    # the folder also holds the bare config under the model's name, for add_model_config
+    open_clip.add_model_config(out / f"{saved_cfg['model_name']}.json")
+    tokenizer = open_clip.get_tokenizer(saved_cfg["model_name"])
+    assert tokenizer(["a photo of the digit seven."]).shape[0] == 1
+
+
+def loaded_state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
 
 
 def test_config_mismatch_fails_loudly(tmp_path, teacher):

@@ -41,8 +41,14 @@ def direct_run(tmp_path_factory: pytest.TempPathFactory) -> Layout:
 
 def test_every_stage_writes_its_declared_outputs(direct_run: Layout) -> None:
     layout = direct_run
-    for path in (layout.pairs, layout.quarantine, layout.curated, layout.curation_report,
-                 layout.eval_metrics, layout.registration):
+    for path in (
+        layout.pairs,
+        layout.quarantine,
+        layout.curated,
+        layout.curation_report,
+        layout.eval_metrics,
+        layout.registration,
+    ):
         assert path.exists(), path
     for stage in MODEL_STAGES:
         assert (layout.model_dir(stage) / "model.safetensors").exists()

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from tasks.device import autocast
 from tasks.images import decode_images, normalize
-from tasks.models.factory import LoadedModel
+from tasks.models.factory import LoadedModel, hf_pad_id, length_order, trim_padding
 
 _PROGRESS_MIN = 2048  # below this many inputs a bar is noise
 
@@ -53,13 +53,19 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 25
     """Embed captions: `[N, embed_dim]` float32, rows of unit L2 norm (eval mode, no grad)."""
     loaded.model.eval()
     device = loaded.device
+    if len(texts) == 0:
+        return _stack([], loaded)
+    pad_id = hf_pad_id(loaded.model)
+    all_tokens = loaded.tokenizer(list(texts))
+    order = length_order(all_tokens, pad_id)
+    ordered = all_tokens[order]
     out = []
     for start in _batches(len(texts), batch_size, "encode texts"):
-        tokens = loaded.tokenizer(list(texts[start : start + batch_size])).to(device)
+        tokens = trim_padding(ordered[start : start + batch_size], pad_id).to(device)
         with autocast(device):
             feats = loaded.model.encode_text(tokens)
         out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
-    return _stack(out, loaded)
+    return _stack(out, loaded)[order.argsort().numpy()]
 
 
 def _stack(parts: list[torch.Tensor], loaded: LoadedModel) -> np.ndarray:

@@ -72,6 +72,35 @@ def make_tokenizer(model_cfg: dict[str, Any]) -> Callable[..., torch.Tensor]:
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **kwargs)
 
 
+def hf_pad_id(model: torch.nn.Module) -> int | None:
+    """The pad token id of an HF text tower (which masks padding), else None."""
+    config = getattr(getattr(model, "text", None), "config", None)
+    return getattr(config, "pad_token_id", None)
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row.
+
+    An HF tower masks padding, so its output is unchanged while the cost scales with the
+    longest caption in the batch instead of the context length (~3x less for our captions).
+    """
+    if pad_id is None or tokens.numel() == 0:
+        return tokens
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens
+
+
+def length_order(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """Row order by token count (stable), so batches of similar length waste little padding.
+
+    With `trim_padding` this roughly halves text-tower time on mixed-length captions; callers
+    restore the original order with `order.argsort()`.
+    """
+    if pad_id is None:
+        return torch.arange(len(tokens))
+    return torch.argsort((tokens != pad_id).sum(dim=1), stable=True)
+
+
 def build_model(
     name: str, model_cfg: dict[str, Any], device: torch.device | str = "cpu"
 ) -> LoadedModel:
@@ -82,6 +111,10 @@ def build_model(
     registry entry that might have the same name and a different shape.
     """
     model_cfg = zoo.resolve_config(model_cfg)
+    # transformers draws a per-tensor "Loading weights" bar for the 22M MiniLM tower: noise.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="clipops-build-") as tmp:
         Path(tmp, CONFIG_FILE).write_text(json.dumps({"model_name": name, "model_cfg": model_cfg}))
         # open_clip logs a warning when a local dir has no weights; that is expected here.

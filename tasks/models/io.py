@@ -87,6 +87,9 @@ def save_model(
         },
     }
     _atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2))
+    # The bare config under the model's own name, for `open_clip.add_model_config(<file>)`
+    # (open_clip names a config after its file), so get_tokenizer(name) works too.
+    _atomic_write_text(out / f"{model_name}.json", json.dumps(config["model_cfg"], indent=2))
 
     full_card = {
         "stage": card.get("stage"),

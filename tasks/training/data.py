@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tasks.images import decode_images, normalize, random_resized_crop_flip
-from tasks.models.factory import LoadedModel
+from tasks.models.factory import LoadedModel, length_order, trim_padding
 
 Batch = dict[str, torch.Tensor]
 
@@ -68,13 +68,18 @@ def pooled_text_features(
     text.eval()
     out = []
     device = next(model.parameters()).device
+    pad_id = text.config.pad_token_id
+    order = length_order(tokens, pad_id)
+    ordered = tokens[order]
     for start in tqdm(range(0, len(tokens), batch_size), desc="text features", leave=False):
-        x = tokens[start : start + batch_size].to(device)
-        mask = (x != text.config.pad_token_id).long()
+        x = trim_padding(ordered[start : start + batch_size], pad_id).to(device)
+        mask = (x != pad_id).long()
         hidden = text.transformer(input_ids=x, attention_mask=mask)
         out.append(text.pooler(hidden, mask).float())
     text.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, text.config.hidden_size)
+    if not out:
+        return torch.zeros(0, text.config.hidden_size)
+    return torch.cat(out)[order.argsort().to(device)]
 
 
 class PairTensors:
