@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from tasks.layout import Layout
 from tasks.params import PipelineParams, parse_params
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One text-feature cache per test session (also inherited by the DVC subprocess test).
+os.environ["CLIPOPS_CACHE_DIR"] = tempfile.mkdtemp(prefix="clipops-test-cache-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

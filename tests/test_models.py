@@ -64,11 +64,11 @@ def test_repo_configs_registered_with_open_clip():
 def test_teacher_has_expected_size_and_locked_text(teacher):
     model = teacher.model
     assert type(model).__name__ == "CustomTextCLIP"
-    assert vision_parameters(model) == 840_960
+    assert vision_parameters(model) == 853_248
     named = model.named_parameters()
     trainable_text = [n for n, p in named if p.requires_grad and n.startswith("text")]
     assert trainable_text == ["text.proj.weight"]
-    assert trainable_parameters(model) == 840_960 + 384 * 256 + 1  # + logit_scale
+    assert trainable_parameters(model) == 853_248 + 384 * 256 + 1  # + logit_scale
     assert teacher.image_size == 32
 
 

@@ -19,7 +19,8 @@ from tasks.distillation.augment_params import view_theta, warp
 from tasks.distillation.reinforced_table import ReinforcedDataset
 from tasks.images import decode_images, normalize
 from tasks.models.factory import LoadedModel
-from tasks.training.data import Batch, is_text_locked, pooled_text_features
+from tasks.models.text_features import pooled_features
+from tasks.training.data import Batch, is_text_locked
 
 
 class ReinforcedTensors:
@@ -71,7 +72,9 @@ class ReinforcedTensors:
         codes, uniques = pd.factorize(pd.Series(data.captions, dtype="object"))
         tokens = student.tokenizer(list(uniques))
         locked = is_text_locked(student.model)
-        pooled = pooled_text_features(student.model, tokens) if locked else None
+        pooled = (
+            pooled_features(student.model, student.tokenizer, list(uniques)) if locked else None
+        )
         cfg = student.preprocess_cfg
         return cls(
             images=pixels,

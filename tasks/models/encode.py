@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from tasks.device import autocast
 from tasks.images import decode_images, normalize
 from tasks.models.factory import LoadedModel, hf_pad_id, length_order, trim_padding
+from tasks.models.text_features import has_pooled_tower, pooled_features
 
 _PROGRESS_MIN = 2048  # below this many inputs a bar is noise
 
@@ -55,6 +56,11 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 25
     device = loaded.device
     if len(texts) == 0:
         return _stack([], loaded)
+    if has_pooled_tower(loaded.model):
+        # HF tower: encode_text == proj(pooled), and pooled features are memoised per caption
+        pooled = pooled_features(loaded.model, loaded.tokenizer, texts, batch_size)
+        feats = loaded.model.text.proj(pooled.to(device))
+        return _stack([torch.nn.functional.normalize(feats.float(), dim=-1).cpu()], loaded)
     pad_id = hf_pad_id(loaded.model)
     all_tokens = loaded.tokenizer(list(texts))
     order = length_order(all_tokens, pad_id)

@@ -16,10 +16,10 @@ from typing import Protocol
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from tasks.images import decode_images, normalize, random_resized_crop_flip
-from tasks.models.factory import LoadedModel, length_order, trim_padding
+from tasks.models.factory import LoadedModel
+from tasks.models.text_features import pooled_features
 
 Batch = dict[str, torch.Tensor]
 
@@ -53,33 +53,6 @@ def is_text_locked(model: torch.nn.Module) -> bool:
     if transformer is None or not hasattr(text, "pooler") or not hasattr(text, "proj"):
         return False
     return not any(p.requires_grad for p in transformer.parameters())
-
-
-@torch.no_grad()
-def pooled_text_features(
-    model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 512
-) -> torch.Tensor:
-    """The locked HF tower's pooled output (before `proj`) for each row of `tokens`.
-
-    Computed in eval mode: a frozen tower is a fixed feature extractor, no dropout.
-    """
-    text = model.text
-    was_training = text.training
-    text.eval()
-    out = []
-    device = next(model.parameters()).device
-    pad_id = text.config.pad_token_id
-    order = length_order(tokens, pad_id)
-    ordered = tokens[order]
-    for start in tqdm(range(0, len(tokens), batch_size), desc="text features", leave=False):
-        x = trim_padding(ordered[start : start + batch_size], pad_id).to(device)
-        mask = (x != pad_id).long()
-        hidden = text.transformer(input_ids=x, attention_mask=mask)
-        out.append(text.pooler(hidden, mask).float())
-    text.train(was_training)
-    if not out:
-        return torch.zeros(0, text.config.hidden_size)
-    return torch.cat(out)[order.argsort().to(device)]
 
 
 class PairTensors:
@@ -126,7 +99,9 @@ class PairTensors:
         codes, uniques = pd.factorize(pd.Series(list(captions), dtype="object"))
         tokens = loaded.tokenizer(list(uniques))
         pooled = (
-            pooled_text_features(loaded.model, tokens) if is_text_locked(loaded.model) else None
+            pooled_features(loaded.model, loaded.tokenizer, list(uniques))
+            if is_text_locked(loaded.model)
+            else None
         )
         cfg = loaded.preprocess_cfg
         index = torch.as_tensor(codes, dtype=torch.long)
