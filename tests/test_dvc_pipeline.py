@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.params import parse_params
 from tests.conftest import REPO_ROOT, TINY_PARAMS
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,9 @@ def dvc_project(tmp_path: Path) -> Path:
     for name in ("tasks", "storage"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    # DVC wants every key a stage names under `params:`, so write the full validated set
+    full = parse_params(TINY_PARAMS).model_dump(mode="json")
+    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     (root / ".gitignore").write_text("store/\n")
     _run(["git", "init", "-q"], root)
     _run(["git", "config", "user.email", "ci@clipops.invalid"], root)
