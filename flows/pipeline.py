@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -18,19 +18,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.layout import Layout
 from tasks.params import PipelineParams
 
-STAGES: tuple[str, ...] = (
-    "ingest",
-    "gate_raw",
-    "curate",
-    "gate_curated",
-    "teacher",
-    "reinforce",
-    "distill",
-    "finetune",
-    "evaluate",
-    "gate_eval",
-    "register",
-)
 StageName = Literal[
     "ingest",
     "gate_raw",
@@ -44,6 +31,8 @@ StageName = Literal[
     "gate_eval",
     "register",
 ]
+# Pipeline order; the Literal above is also the type of the UI's stage picker.
+STAGES: tuple[str, ...] = get_args(StageName)
 
 
 def _summary_json(summary: Any) -> Any:

@@ -16,23 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.pipeline import STAGES
 from tasks.params import parse_params
 from tests.conftest import REPO_ROOT, TINY_PARAMS
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {
-    "ingest",
-    "gate_raw",
-    "curate",
-    "gate_curated",
-    "teacher",
-    "reinforce",
-    "distill",
-    "finetune",
-    "evaluate",
-    "gate_eval",
-    "register",
-}
+ALL_STAGES = set(STAGES)
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
