@@ -36,7 +36,8 @@ from tasks.models.zoo import UnknownModelError
 from tasks.params import DistillParams, PipelineParams
 from tasks.stage_cli import stage_main
 from tasks.training.data import Batch, encode_batch_text
-from tasks.training.trainer import LossFn, train
+from tasks.training.objective import Features, LossOutput
+from tasks.training.trainer import train
 
 
 class DistillSummary(BaseModel):
@@ -56,18 +57,29 @@ class DistillSummary(BaseModel):
     weights_sha256: str
 
 
-def affinity_loss_fn(loss: AffinityMimickingLoss) -> LossFn:
-    """The trainer hook: student features of the batch vs the stored teacher embeddings."""
+class AffinityObjective:
+    """The trainer's objective: student features of the batch vs the stored teacher embeddings."""
 
-    def loss_fn(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        image = model.encode_image(batch["image"], normalize=True)
-        text = encode_batch_text(model, batch)
-        parts = loss(
-            image, text, model.logit_scale.exp(), batch["teacher_image"], batch["teacher_text"]
+    def __init__(self, loss: AffinityMimickingLoss) -> None:
+        self.affinity = loss
+
+    def features(self, model: torch.nn.Module, batch: Batch) -> Features:
+        return {
+            "image": model.encode_image(batch["image"], normalize=True),
+            "text": encode_batch_text(model, batch),
+            "teacher_image": batch["teacher_image"],
+            "teacher_text": batch["teacher_text"],
+        }
+
+    def loss(self, model: torch.nn.Module, features: Features) -> LossOutput:
+        parts = self.affinity(
+            features["image"],
+            features["text"],
+            model.logit_scale.exp(),
+            features["teacher_image"],
+            features["teacher_text"],
         )
         return parts.total, {"soft_loss": parts.soft.item(), "hard_loss": parts.hard.item()}
-
-    return loss_fn
 
 
 def _load_teacher(layout: Layout) -> LoadedModel:
@@ -128,7 +140,7 @@ def run(params: PipelineParams, layout: Layout) -> DistillSummary:
     result = train(
         student.model,
         tensors,
-        affinity_loss_fn(loss),
+        AffinityObjective(loss),
         cfg,
         device,
         log_path=layout.train_log("distill"),

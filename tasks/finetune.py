@@ -3,7 +3,7 @@
 Reads `params.finetune` (+ `seed`, `device`), `models/<finetune.base>/`,
 `data/curate/curated.parquet`; writes `models/finetuned/` and `plots/finetune_loss.csv`.
 
-A recipe is a loss function for the shared trainer, picked by name from `RECIPES`; new
+A recipe is an `Objective` for the shared trainer, built by name from `RECIPES`; new
 recipes (m2-mix, CleanCLIP, MoE upcycling) add an entry there (and a `recipe` literal in
 FinetuneParams) without touching the loop.
 """
@@ -11,6 +11,7 @@ FinetuneParams) without touching the loop.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,19 +24,20 @@ from tasks.models.io import load_model, sha256_file
 from tasks.params import PipelineParams
 from tasks.stage_cli import stage_main
 from tasks.training.data import PairTensors
+from tasks.training.objective import ClipObjective, Objective
 from tasks.training.stage_common import augment_from, read_train_rows, save_trained
-from tasks.training.trainer import LossFn, clip_loss_fn, train
+from tasks.training.trainer import train
 
-# recipe name -> loss function (model, batch) -> loss [, logs]
-RECIPES: dict[str, LossFn] = {
-    "contrastive": clip_loss_fn,
+# recipe name -> a factory of its Objective
+RECIPES: dict[str, Callable[[], Objective]] = {
+    "contrastive": ClipObjective,
 }
 
 
-def recipe_loss(name: str) -> LossFn:
-    """The loss function of a recipe, or a StageError listing the known ones."""
+def recipe_objective(name: str) -> Objective:
+    """A fresh Objective of a recipe, or a StageError listing the known ones."""
     try:
-        return RECIPES[name]
+        return RECIPES[name]()
     except KeyError:
         raise StageError(f"finetune.recipe {name!r} is unknown; known: {sorted(RECIPES)}") from None
 
@@ -44,7 +46,7 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
     """Fine-tune `models/<base>` with the chosen recipe; save to `models/finetuned`."""
     p = params.finetune
     device = pick_device(params.device)
-    loss_fn = recipe_loss(p.recipe)
+    objective = recipe_objective(p.recipe)
     base_dir = layout.model_dir(p.base)
     try:
         loaded = load_model(base_dir, "cpu")
@@ -56,7 +58,9 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
 
     torch.manual_seed(p.seed)
     data = PairTensors.from_frame(rows, loaded, augment_from(p))
-    result = train(loaded.model, data, loss_fn, p, device, layout.train_log("finetune"), "finetune")
+    result = train(
+        loaded.model, data, objective, p, device, layout.train_log("finetune"), "finetune"
+    )
     parent = {
         "stage": p.base,
         "model_dir": str(base_dir),

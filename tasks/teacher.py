@@ -27,8 +27,9 @@ from tasks.models.zoo import UnknownModelError
 from tasks.params import PipelineParams
 from tasks.stage_cli import stage_main
 from tasks.training.data import PairTensors
+from tasks.training.objective import ClipObjective
 from tasks.training.stage_common import augment_from, read_train_rows, save_trained
-from tasks.training.trainer import clip_loss_fn, train
+from tasks.training.trainer import train
 
 
 def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
 
     data = PairTensors.from_frame(rows, loaded, augment_from(p))
     result = train(
-        loaded.model, data, clip_loss_fn, p, device, layout.train_log("teacher"), desc="teacher"
+        loaded.model, data, ClipObjective(), p, device, layout.train_log("teacher"), desc="teacher"
     )
     parent = None
     if p.pretrained is not None:

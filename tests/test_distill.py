@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
 
 from tasks import distill
-from tasks.distill import DistillSummary, affinity_loss_fn
+from tasks.distill import AffinityObjective, DistillSummary
 from tasks.distillation.affinity_loss import AffinityMimickingLoss, soft_cross_entropy
 from tasks.distillation.augment_params import apply_views
 from tasks.distillation.inherit import inherit_weights
@@ -23,6 +23,7 @@ from tasks.errors import StageError
 from tasks.images import decode_images, normalize
 from tasks.layout import Layout
 from tasks.models import create_model, load_model, read_card, vision_parameters
+from tasks.training.objective import objective_loss
 from tasks.training.trainer import train
 from tests.test_reinforce import build_reinforced_project, reinforce_params, save_random_teacher
 
@@ -175,13 +176,13 @@ def test_batches_recreate_the_sampled_stored_view(student_data) -> None:
 def test_training_moves_the_student_towards_the_teacher(student_data) -> None:
     """The affinity loss on the whole set (view 0) falls after a few epochs of distillation."""
     _, student, tensors = student_data
-    fn = affinity_loss_fn(AffinityMimickingLoss())
+    fn = AffinityObjective(AffinityMimickingLoss())
     everything = torch.arange(len(tensors))
 
     def full_loss() -> float:
         batch = tensors.batch(everything, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            return fn(student.model, batch)[0].item()
+            return objective_loss(fn, student.model, batch)[0].item()
 
     before = full_loss()
     params = reinforce_params(epochs=4, lr=2e-3, batch_size=12).distill

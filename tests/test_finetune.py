@@ -52,7 +52,7 @@ def test_finetune_writes_child_of_base(layout):
 
 def test_unknown_recipe_and_missing_base(layout, tmp_path):
     with pytest.raises(StageError, match="contrastive"):
-        finetune.recipe_loss("m2-mix")
+        finetune.recipe_objective("no-such-recipe")
     params = parse_params({"finetune": {"base": "teacher"}})
     with pytest.raises(StageError, match="finetune.base='teacher'"):
         finetune.run(params, layout)

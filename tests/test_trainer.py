@@ -15,7 +15,14 @@ from sklearn.datasets import load_digits
 
 from tasks.models import create_model
 from tasks.params import DigitsSource, TrainParams
-from tasks.training import Augment, PairTensors, clip_loss_fn, encode_batch_text, train
+from tasks.training import (
+    Augment,
+    ClipObjective,
+    PairTensors,
+    encode_batch_text,
+    objective_loss,
+    train,
+)
 from tasks.training.data import is_text_locked
 from tasks.training.schedule import lr_at, param_groups
 
@@ -110,7 +117,7 @@ def test_two_runs_give_identical_weights_and_csv(tmp_path, pairs):
         loaded = _fresh(seed=3)
         data = PairTensors.from_frame(pairs, loaded, Augment(crop_scale_min=0.7, flip_p=0.5))
         log = tmp_path / f"run{run}.csv"
-        result = train(loaded.model, data, clip_loss_fn, params, torch.device("cpu"), log)
+        result = train(loaded.model, data, ClipObjective(), params, torch.device("cpu"), log)
         states.append(loaded.model.state_dict())
         logs.append(log.read_text())
     assert result.steps == 2 * (48 // 16) and result.samples == 96
@@ -136,7 +143,7 @@ def test_a_different_seed_changes_the_weights(pairs):
         train(
             loaded.model,
             data,
-            clip_loss_fn,
+            ClipObjective(),
             params.model_copy(update={"seed": seed}),
             torch.device("cpu"),
         )
@@ -149,11 +156,11 @@ def test_training_lowers_the_contrastive_loss(pairs):
     data = PairTensors.from_frame(pairs.iloc[:16], loaded)
     fixed = data.batch(torch.arange(16), torch.Generator())
     with torch.no_grad():
-        before = clip_loss_fn(loaded.model.eval(), fixed).item()
+        before = objective_loss(ClipObjective(), loaded.model.eval(), fixed)[0].item()
     params = TrainParams(epochs=25, batch_size=16, lr=2e-3, warmup_steps=3)
-    train(loaded.model, data, clip_loss_fn, params, torch.device("cpu"))
+    train(loaded.model, data, ClipObjective(), params, torch.device("cpu"))
     with torch.no_grad():
-        after = clip_loss_fn(loaded.model, fixed).item()
+        after = objective_loss(ClipObjective(), loaded.model, fixed)[0].item()
     assert after < 0.9 * before, (before, after)  # ln(16) = 2.77 at chance
 
 
@@ -162,14 +169,23 @@ def test_custom_loss_hook_logs_extra_columns(tmp_path, pairs):
     data = PairTensors.from_frame(pairs, loaded)
     calls = []
 
-    def loss_fn(model, batch):
-        loss = clip_loss_fn(model, batch)
-        calls.append(batch["index"].shape[0])
-        return loss, {"scale": float(model.logit_scale.detach().exp())}
+    class LoggingObjective(ClipObjective):
+        def features(self, model, batch):
+            calls.append(batch["index"].shape[0])
+            return super().features(model, batch)
+
+        def loss(self, model, features):
+            loss = super().loss(model, features)
+            return loss, {"scale": float(model.logit_scale.detach().exp())}
 
     log = tmp_path / "loss.csv"
     train(
-        loaded.model, data, loss_fn, TrainParams(epochs=1, batch_size=24), torch.device("cpu"), log
+        loaded.model,
+        data,
+        LoggingObjective(),
+        TrainParams(epochs=1, batch_size=24),
+        torch.device("cpu"),
+        log,
     )
     assert calls == [24, 24]
     rows = list(csv.DictReader(log.open()))
@@ -184,7 +200,11 @@ def test_unlocked_text_tower_trains_from_tokens(pairs):
     assert data.caption_pooled is None
     before = loaded.model.token_embedding.weight.detach().clone()
     train(
-        loaded.model, data, clip_loss_fn, TrainParams(epochs=1, batch_size=8), torch.device("cpu")
+        loaded.model,
+        data,
+        ClipObjective(),
+        TrainParams(epochs=1, batch_size=8),
+        torch.device("cpu"),
     )
     assert not torch.equal(before, loaded.model.token_embedding.weight)
 
@@ -195,9 +215,9 @@ def test_bad_inputs_are_clear_errors(pairs):
         PairTensors.from_frame(pairs.iloc[:0], loaded)
     data = PairTensors.from_frame(pairs.iloc[:1], loaded)
     with pytest.raises(ValueError, match="at least 2"):
-        train(loaded.model, data, clip_loss_fn, TrainParams(), torch.device("cpu"))
+        train(loaded.model, data, ClipObjective(), TrainParams(), torch.device("cpu"))
     for p in loaded.model.parameters():
         p.requires_grad = False
     data = PairTensors.from_frame(pairs.iloc[:4], loaded)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        train(loaded.model, data, clip_loss_fn, TrainParams(), torch.device("cpu"))
+        train(loaded.model, data, ClipObjective(), TrainParams(), torch.device("cpu"))

@@ -1,12 +1,13 @@
 """One training loop for every stage (teacher, distill, finetune), read top to bottom.
 
-    result = train(model, data, loss_fn, params.teacher, device, layout.train_log("teacher"))
+    result = train(model, data, ClipObjective(), params.teacher, device, log_path)
 
 - `model`: any nn.Module; only parameters with `requires_grad` are optimised.
 - `data`: a `BatchSource` (see tasks.training.data): `len()`, `.to(device)` and
   `.batch(index, generator) -> dict of tensors`. `PairTensors` serves image-caption pairs.
-- `loss_fn(model, batch) -> loss` or `(loss, {"name": float, ...})`: the method lives here,
-  as a plain function (contrastive `clip_loss_fn` below; distillation passes its own).
+- `objective`: an `Objective` (tasks.training.objective): per-sample `features(model, batch)`
+  then `loss(model, features)`; the method lives there (contrastive `ClipObjective`;
+  distillation and the fine-tuning recipes pass their own).
 - `params`: a `TrainParams` (epochs, batch_size, lr, weight_decay, warmup_steps, grad_clip,
   seed).
 
@@ -22,30 +23,19 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from open_clip import ClipLoss
 from tqdm.auto import tqdm
 
 from tasks.device import autocast
 from tasks.params import TrainParams
-from tasks.training.data import Batch, BatchSource, encode_batch_text
+from tasks.training.data import BatchSource
+from tasks.training.objective import Objective, objective_loss
 from tasks.training.schedule import lr_at, param_groups
 
-LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, float]]
-LossFn = Callable[[torch.nn.Module, Batch], LossOutput]
 MAX_LOGIT_SCALE = math.log(100.0)
-_clip_loss = ClipLoss()
-
-
-def clip_loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch (open_clip's ClipLoss) with the model's temperature."""
-    image = model.encode_image(batch["image"], normalize=True)
-    text = encode_batch_text(model, batch)
-    return _clip_loss(image, text, model.logit_scale.exp())
 
 
 @dataclass
@@ -62,22 +52,16 @@ class TrainResult:
     log_path: str | None
 
 
-def _split_loss(out: LossOutput) -> tuple[torch.Tensor, dict[str, float]]:
-    if isinstance(out, tuple):
-        return out[0], dict(out[1])
-    return out, {}
-
-
 def train(
     model: torch.nn.Module,
     data: BatchSource,
-    loss_fn: LossFn,
+    objective: Objective,
     params: TrainParams,
     device: torch.device,
     log_path: str | Path | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train `model` in place on `data` with `loss_fn`; see the module docstring."""
+    """Train `model` in place on `data` with `objective`; see the module docstring."""
     # --- setup: seeds, sizes, optimiser ---------------------------------------------------
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
@@ -112,7 +96,7 @@ def train(
             batch = data.batch(order[b * batch_size : (b + 1) * batch_size], generator)
 
             with autocast(device):
-                loss, logs = _split_loss(loss_fn(model, batch))
+                loss, logs = objective_loss(objective, model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {step} (epoch {epoch}); "
