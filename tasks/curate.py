@@ -1,61 +1,60 @@
-"""Stage `curate`: DataComp basic filters, exact dedup, MetaCLIP matching and balancing.
+"""Stage `curate`: DataComp filters, dedup, MetaCLIP metadata, matching and balancing, streamed.
 
-Reads `layout.pairs`, `layout.quarantine` (params: `curate`). Writes `layout.curated` (the
-kept train rows plus every eval row, unchanged), `layout.curation_removed` (id, reason,
-detail for each filtered train row), `layout.curate_dir/metadata.json` (the entry list),
-`layout.curation_report`, and the entry-count plot (CSV + PNG) under `layout.plots_dir`.
+Reads `layout.pairs` (the ingest pair table) plus every `curate.pool` input (files or folders
+of webdataset / img2dataset tar shards and Parquet tables), chunk by chunk with bounded
+memory, and `layout.quarantine` (params: `curate`). See tasks.curation.stream for the passes.
 
-Only train rows are curated. Order: basic filters -> eval copies -> exact duplicates ->
-MetaCLIP matching -> balancing; a row is removed by the first step that rejects it.
+Writes under `layout.curate_dir`: `curated.parquet` (the kept rows of the pair table: curated
+train rows plus every eval row; what teacher, reinforce, finetune and evaluate read),
+`shards/` (every kept row, pair table and pool alike, in part-*.parquet shards: large pools
+are used from here), `kept_ids.parquet`, `removed.parquet` (id, reason, detail),
+`quarantine.parquet`, `balance.parquet` and `metadata.json` (the entry list); plus
+`layout.curation_report` and the entry-count plot (CSV + PNG) under `layout.plots_dir`.
+
+Only train rows are curated; a row is removed by the first step that rejects it.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.curation.balancing import balance, entry_counts, entry_probabilities
-from tasks.curation.dedup import eval_copies, exact_duplicates
-from tasks.curation.filters import basic_filter
-from tasks.curation.matching import EntryMatcher
-from tasks.curation.metadata import build_metadata, write_metadata
-from tasks.curation.report import build_report, write_entry_count_plot, write_report
+from tasks.curation.report import write_report
+from tasks.curation.stream import CURATE_REASONS, REMOVED_SCHEMA, curate_pool
 from tasks.errors import StageError
 from tasks.layout import Layout
-from tasks.pair_table import QUARANTINE_COLUMNS, read_pairs, write_pairs, write_table
+from tasks.pair_table import QUARANTINE_COLUMNS
 from tasks.params import PipelineParams
 from tasks.stage_cli import stage_main
 
-REMOVED_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string(), nullable=False),
-    ]
-)
-
-# Reason codes of steps 2-5 (step 1's are tasks.curation.filters.FILTER_REASONS).
-CURATE_REASONS = {
-    "eval_copy": "the train image is byte-identical to an eval image",
-    "exact_duplicate": "another train row with a smaller id has the same image sha256",
-    "no_entry_match": "the caption matches no metadata entry (MetaCLIP drops it)",
-    "balanced_out": "dropped by MetaCLIP balancing: every matched entry is over threshold t",
-}
-
-SPLITS = ("train", "eval")
+__all__ = ["CURATE_REASONS", "REMOVED_SCHEMA", "run", "main"]
 
 
-def metadata_path(layout: Layout):
+def metadata_path(layout: Layout) -> Path:
     """Where curate writes the MetaCLIP entry list (gate_curated reads it back)."""
     return layout.curate_dir / "metadata.json"
 
 
-def entry_plot_paths(layout: Layout):
+def shards_dir(layout: Layout) -> Path:
+    """Every kept row, as part-*.parquet shards (POOL_SCHEMA) plus manifest.json."""
+    return layout.curate_dir / "shards"
+
+
+def kept_ids_path(layout: Layout) -> Path:
+    """The kept ids (id, split, shard): filter a pool by id without resharding it."""
+    return layout.curate_dir / "kept_ids.parquet"
+
+
+def balance_path(layout: Layout) -> Path:
+    """Every pair that entered balancing: id, matched entry ids, kept."""
+    return layout.curate_dir / "balance.parquet"
+
+
+def entry_plot_paths(layout: Layout) -> tuple[Path, Path]:
     """(CSV, PNG) of the head/tail entry-count figure."""
     return (
         layout.plots_dir / "curation_entry_counts.csv",
@@ -73,116 +72,31 @@ def _read_quarantine(layout: Layout) -> pd.DataFrame:
     return frame
 
 
-def _removed(ids: pd.Series, reason: str, details: list[str] | pd.Series) -> pd.DataFrame:
-    return pd.DataFrame({"id": list(ids), "reason": reason, "detail": list(details)})
-
-
-def _describe_matches(entry_ids: list[int], entries: list[str], p: np.ndarray) -> str:
-    shown = ", ".join(f"{entries[e]!r} (p={p[e]:.3g})" for e in entry_ids[:5])
-    more = f" and {len(entry_ids) - 5} more" if len(entry_ids) > 5 else ""
-    return f"matched {shown}{more}; none drew rand() < p"
+def pool_inputs(params: PipelineParams, layout: Layout) -> list[Path]:
+    """The pair table, then each `curate.pool` input (relative paths are under the root)."""
+    extra = [Path(p) if Path(p).is_absolute() else layout.root / p for p in params.curate.pool]
+    missing = [str(p) for p in extra if not p.exists()]
+    if missing:
+        raise StageError(f"curate.pool inputs not found: {missing}; fix params.yaml")
+    return [layout.pairs, *extra]
 
 
 def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
-    """Curate the train split; return the curation report."""
-    cp = params.curate
-    pairs = read_pairs(layout.pairs)
+    """Curate the pair table and the pool inputs; return the curation report."""
+    if not layout.pairs.exists():
+        raise StageError(f"{layout.pairs} not found: run ingest first")
     quarantine = _read_quarantine(layout)
-    bad_split = ~pairs["split"].isin(SPLITS)
-    if bad_split.any():
-        examples = pairs.loc[bad_split, ["id", "split"]].head(3).to_dict("records")
-        raise StageError(
-            f"{int(bad_split.sum())} rows have a split outside {SPLITS}, e.g. {examples}: "
-            "fix ingest (gate_raw checks this too)"
-        )
-    train = pairs[pairs["split"] == "train"]
-    eval_rows = pairs[pairs["split"] == "eval"]
-    removed: list[pd.DataFrame] = []
-
-    # 1. DataComp basic filters
-    verdict = basic_filter(train, cp)
-    failed = verdict["reason"].notna()
-    for reason, group in verdict[failed].groupby("reason"):
-        removed.append(_removed(train.loc[group.index, "id"], reason, group["detail"]))
-    train = train[~failed]
-
-    # 2. eval leakage first (it is the more serious reason), then exact duplicates
-    leaked = eval_copies(train, eval_rows)
-    removed.append(
-        _removed(
-            train.loc[leaked, "id"],
-            "eval_copy",
-            ["image sha256 equals an eval image's"] * int(leaked.sum()),
-        )
+    report = curate_pool(
+        pool_inputs(params, layout),
+        layout.curate_dir,
+        params.curate,
+        root=layout.root,
+        prior_quarantine=quarantine,
+        curated_table=layout.curated,
+        curated_input=layout.pairs,
+        plot_paths=entry_plot_paths(layout),
+        registry_url=params.storage.registry_url,
     )
-    train = train[~leaked]
-    if cp.exact_dedup:
-        dups = exact_duplicates(train)
-        is_dup = dups["duplicate"].astype(bool)
-        removed.append(
-            _removed(
-                train.loc[is_dup, "id"],
-                "exact_duplicate",
-                [f"same sha256 as kept id {k}" for k in dups.loc[is_dup, "kept_id"]],
-            )
-        )
-        train = train[~is_dup]
-
-    # 3-4. MetaCLIP metadata and substring matching
-    entries = build_metadata(cp, pairs["label"].dropna().unique(), layout.root)
-    write_metadata(entries, metadata_path(layout))
-    matcher = EntryMatcher(entries, lowercase=cp.lowercase)
-    matches = matcher.match_all(train["caption"].tolist(), progress=len(train) > 2000)
-
-    # 5. balancing over global counts
-    counts_before = entry_counts(matches, len(entries))
-    rng = np.random.default_rng(cp.seed)
-    kept = balance(matches, counts_before, cp.balance_t, rng)
-    unmatched = np.array([len(m) == 0 for m in matches], dtype=bool)
-    if cp.keep_unmatched:
-        kept |= unmatched
-    else:
-        removed.append(
-            _removed(
-                train["id"][unmatched],
-                "no_entry_match",
-                [f"caption matched none of {len(entries)} entries"] * int(unmatched.sum()),
-            )
-        )
-    p = entry_probabilities(counts_before, cp.balance_t)
-    sampled_out = ~kept & ~unmatched
-    removed.append(
-        _removed(
-            train["id"][sampled_out],
-            "balanced_out",
-            [
-                _describe_matches(m, entries, p)
-                for m, out in zip(matches, sampled_out, strict=True)
-                if out
-            ],
-        )
-    )
-    counts_after = entry_counts([m for m, k in zip(matches, kept, strict=True) if k], len(entries))
-    train = train[kept]
-
-    # 6. outputs; the report checks rows_in == kept + filtered + quarantined before writing
-    removed_frame = pd.concat(removed, ignore_index=True)
-    report = build_report(
-        num_pairs=len(pairs),
-        quarantine=quarantine,
-        kept_train=len(train),
-        kept_eval=len(eval_rows),
-        removed=removed_frame,
-        entries=entries,
-        counts_before=counts_before,
-        counts_after=counts_after,
-        t=cp.balance_t,
-        lowercase=cp.lowercase,
-        seed=cp.seed,
-    )
-    write_pairs(pd.concat([train, eval_rows], ignore_index=True), layout.curated)
-    write_table(removed_frame, layout.curation_removed, REMOVED_SCHEMA)
-    write_entry_count_plot(counts_before, counts_after, cp.balance_t, *entry_plot_paths(layout))
     write_report(report, layout.curation_report)
     return report
 

@@ -114,24 +114,91 @@ class GateParams(StrictModel):
 
 
 class CurateParams(StrictModel):
+    """The curate stage: streamed over the pair table plus `pool` inputs, chunk by chunk."""
+
+    pool: list[str] = Field(
+        default_factory=list,
+        description="extra pool inputs: files or folders of webdataset tar shards / Parquet tables",
+    )
+    chunk_rows: int = Field(2000, ge=10, le=1_000_000, description="rows read per chunk")
+    shard_rows: int = Field(
+        10_000, ge=1, le=10_000_000, description="rows per curated output shard"
+    )
+    max_member_bytes: int = Field(
+        20_000_000, ge=1024, description="larger tar members are quarantined"
+    )
     min_caption_words: int = Field(2, ge=0, description="DataComp basic: more than N-1 words")
     min_caption_chars: int = Field(5, ge=0)
     min_image_side: int = Field(8, ge=1)
     max_aspect_ratio: float = Field(3.0, ge=1.0)
+    language_allowed: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="caption languages kept (ISO 639-1); empty list = no language filter",
+    )
+    language_min_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="below this detector confidence a caption is removed"
+    )
     exact_dedup: bool = True
+    near_dedup: bool = Field(True, description="drop perceptual-hash near-duplicate train images")
+    near_dup_max_distance: int = Field(
+        4, ge=0, le=64, description="Hamming distance of 64-bit pHashes counted as near-duplicate"
+    )
+    eval_near_copy_distance: int | None = Field(
+        2, ge=0, le=64, description="pHash distance to an eval image that removes a train row"
+    )
+    semdedup: bool = Field(True, description="SemDeDup (needs score_model for embeddings)")
+    semdedup_clusters: int = Field(20, ge=1, le=1_000_000, description="k-means clusters")
+    semdedup_epsilon: float = Field(
+        0.02, gt=0.0, lt=1.0, description="drop pairs with cosine > 1 - epsilon in a cluster"
+    )
+    score_model: str | None = Field(
+        None, description="'production' or a model folder: CLIP-score filter + SemDeDup embeddings"
+    )
+    score_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="keep this top fraction by CLIP score (DataComp: 0.3)"
+    )
+    score_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="keep pairs with CLIP score >= this"
+    )
+    score_batch_size: int = Field(256, ge=1, description="embedding batch size")
     wordfreq_top_n: int = Field(
         2000, ge=0, le=500_000, description="metadata entries from wordfreq"
     )
+    bigram_sample_rows: int = Field(
+        100_000, ge=0, description="captions sampled (by id hash) to mine bigrams; 0 = none"
+    )
+    bigram_min_count: int = Field(20, ge=1, description="a mined bigram occurs this often")
+    bigram_min_pmi: float = Field(
+        3.4, description="ln p(xy)/(p(x)p(y)) at least this (ln 30 = 3.4)"
+    )
+    bigram_max_entries: int = Field(1000, ge=0, description="most frequent mined bigrams kept")
     include_class_names: bool = True
     metadata_file: str | None = Field(None, description="extra entries: a JSON list of strings")
-    balance_t: int = Field(
+    balance_t: int | None = Field(
         600, ge=1, description="MetaCLIP threshold t: entries above t are sampled"
+    )
+    balance_tail_share: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="derive t: share of all matches kept (MetaCLIP 2); set balance_t null",
     )
     keep_unmatched: bool = Field(False, description="MetaCLIP drops pairs matching no entry")
     lowercase: bool = Field(
         False, description="lowercase captions before matching (MetaCLIP matches case-sensitively)"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> CurateParams:
+        if (self.balance_t is None) == (self.balance_tail_share is None):
+            raise ValueError(
+                "set exactly one of curate.balance_t and curate.balance_tail_share "
+                f"(got {self.balance_t} and {self.balance_tail_share})"
+            )
+        if self.score_fraction is not None and self.score_threshold is not None:
+            raise ValueError("set at most one of curate.score_fraction and curate.score_threshold")
+        return self
 
 
 class TrainParams(StrictModel):

@@ -23,36 +23,53 @@ def top_entries(entries: list[str], counts: np.ndarray, k: int = 20) -> list[dic
     return [{"entry": entries[i], "count": int(counts[i])} for i in order if counts[i] > 0]
 
 
-def build_report(
+def build_pool_report(
     *,
-    num_pairs: int,
+    rows_read: int,
     quarantine: pd.DataFrame,
-    kept_train: int,
-    kept_eval: int,
+    kept_split: np.ndarray,
     removed: pd.DataFrame,
     entries: list[str],
-    counts_before: np.ndarray,
-    counts_after: np.ndarray,
-    t: int,
-    lowercase: bool,
-    seed: int,
+    balance: dict[str, Any],
+    steps: dict[str, str],
+    examples: dict[str, list[dict[str, Any]]],
+    params: Any,
+    metadata_info: dict[str, Any],
+    inputs: list[str],
+    timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Assemble the report and check rows_in == kept + filtered + quarantined."""
+    """Assemble the curation report and check rows_in == kept + filtered + quarantined.
+
+    `rows_read` counts the pool rows curation saw; `quarantine` holds every row quarantined
+    on the way (hostile shard members, and ingest's rows for the pipeline's pair table).
+    """
+    counts_before, counts_after = balance["counts_before"], balance["counts_after"]
     filtered = dict(sorted(Counter(removed["reason"]).items()))
-    quarantined = dict(sorted(Counter(quarantine["reason"]).items()))
+    quarantined = dict(sorted(Counter(quarantine["reason"]).items())) if len(quarantine) else {}
+    kept = Counter(str(s) for s in kept_split)
     report = {
-        "rows_in": num_pairs + len(quarantine),
-        "kept": {"train": kept_train, "eval": kept_eval},
+        "rows_in": rows_read + len(quarantine),
+        "kept": {"train": kept.get("train", 0), "eval": kept.get("eval", 0)},
         "filtered": filtered,
         "quarantined": quarantined,
+        "steps": steps,
         "entries": len(entries),
+        "metadata": metadata_info,
         "entries_matched_before": int((counts_before > 0).sum()),
         "entries_matched_after": int((counts_after > 0).sum()),
-        "t": t,
-        "lowercase": lowercase,
-        "seed": seed,
+        "matches_before": int(counts_before.sum()),
+        "matches_after": int(counts_after.sum()),
+        "pairs_balanced": balance["pairs_balanced"],
+        "t": balance["t"],
+        "t_source": balance["t_source"],
+        "tail_share_at_t": balance["tail_share_at_t"],
+        "lowercase": params.lowercase,
+        "seed": params.seed,
         "top_entries_before": top_entries(entries, counts_before),
         "top_entries_after": top_entries(entries, counts_after),
+        "duplicate_examples": examples,
+        "inputs": inputs,
+        "timings_s": timings,
     }
     check_identity(report)
     return report

@@ -1,0 +1,159 @@
+"""The global steps of the streamed curation, over the per-row state of the whole pool.
+
+Each step sees only the train rows still in (reason is None) and removes some with a
+stable reason code; the first step that rejects a row names it. Order: duplicate ids,
+eval copies (exact, then near), exact duplicates, near duplicates. Every "which copy is
+kept" rule is by id order, so the result does not depend on shard order or chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.params import CurateParams
+
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class PoolState:
+    """The state table as arrays (entries stay flat, see `tasks.curation.balancing`)."""
+
+    ids: np.ndarray  # object
+    split: np.ndarray  # object
+    sha256: np.ndarray  # object, None where no image
+    phash: np.ndarray  # uint64
+    has_phash: np.ndarray  # bool
+    reason: np.ndarray  # object, None = still in
+    detail: np.ndarray  # object
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    steps: dict[str, str] = field(default_factory=dict)  # step -> "ran" / why it did not
+
+    def alive_train(self) -> np.ndarray:
+        """Indices of train rows no step removed yet."""
+        return np.flatnonzero((self.split == "train") & pd.isna(self.reason))
+
+    def remove(self, rows: np.ndarray, reason: str, details: list[str], examples: list) -> None:
+        self.reason[rows] = reason
+        self.detail[rows] = np.asarray(details, dtype=object) if len(rows) else self.detail[rows]
+        if examples:
+            shown = self.examples.setdefault(reason, [])
+            shown.extend(examples[: MAX_EXAMPLES - len(shown)])
+
+
+def _by_id(state: PoolState, rows: np.ndarray) -> np.ndarray:
+    """`rows` sorted by id (then position), the canonical order for "first copy wins"."""
+    return rows[np.lexsort((rows, state.ids[rows].astype(str)))]
+
+
+def remove_duplicate_ids(state: PoolState) -> None:
+    """A later row reusing an id is removed: ids must name one row for kept_ids to work."""
+    dup = pd.Series(state.ids).duplicated(keep="first").to_numpy() & pd.isna(state.reason)
+    rows = np.flatnonzero(dup)
+    state.remove(rows, "duplicate_id", ["an earlier row of the pool has this id"] * len(rows), [])
+    state.steps["duplicate_id"] = "ran"
+
+
+def remove_eval_copies(state: PoolState) -> None:
+    """Train rows whose image bytes equal an eval image's (sha256)."""
+    eval_rows = np.flatnonzero((state.split == "eval") & pd.isna(state.reason))
+    eval_by_sha = {
+        s: i for s, i in zip(state.sha256[eval_rows], state.ids[eval_rows], strict=True) if s
+    }
+    alive = state.alive_train()
+    hit = np.array([s is not None and s in eval_by_sha for s in state.sha256[alive]], dtype=bool)
+    rows = alive[hit]
+    refs = [eval_by_sha[s] for s in state.sha256[rows]]
+    state.remove(
+        rows,
+        "eval_copy",
+        [f"image sha256 equals eval id {r}" for r in refs],
+        [{"id": i, "eval_id": r} for i, r in zip(state.ids[rows], refs, strict=True)],
+    )
+    state.steps["eval_copy"] = "ran"
+
+
+def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: Any) -> None:
+    """Train rows within `eval_near_copy_distance` pHash bits of an eval image."""
+    if params.eval_near_copy_distance is None:
+        state.steps["eval_near_copy"] = "skipped: curate.eval_near_copy_distance is null"
+        return
+    if near_dup is None:
+        state.steps["eval_near_copy"] = "not available: tasks.curation.near_dup is not installed"
+        return
+    eval_rows = np.flatnonzero((state.split == "eval") & pd.isna(state.reason) & state.has_phash)
+    alive = state.alive_train()
+    query = alive[state.has_phash[alive]]
+    if len(eval_rows) and len(query):
+        found = near_dup.near_copies(
+            state.phash[query],
+            state.phash[eval_rows],
+            state.ids[eval_rows].tolist(),
+            params.eval_near_copy_distance,
+        )
+        copy = found["copy"].to_numpy(dtype=bool)
+        rows = query[copy]
+        refs, dist = found["reference_id"].to_numpy()[copy], found["distance"].to_numpy()[copy]
+        state.remove(
+            rows,
+            "eval_near_copy",
+            [f"pHash within {d} bits of eval id {r}" for r, d in zip(refs, dist, strict=True)],
+            [
+                {"id": i, "eval_id": r, "distance": int(d)}
+                for i, r, d in zip(state.ids[rows], refs, dist, strict=True)
+            ],
+        )
+    state.steps["eval_near_copy"] = "ran"
+
+
+def remove_exact_duplicates(state: PoolState, params: CurateParams) -> None:
+    """Every train row whose sha256 a row with a smaller id already has."""
+    if not params.exact_dedup:
+        state.steps["exact_duplicate"] = "skipped: curate.exact_dedup is false"
+        return
+    alive = state.alive_train()
+    rows = _by_id(state, alive[pd.notna(state.sha256[alive])])
+    sha = pd.Series(state.sha256[rows])
+    dup = sha.duplicated(keep="first").to_numpy()
+    first = pd.Series(state.ids[rows]).groupby(sha.to_numpy()).transform("first").to_numpy()
+    removed, kept_ids = rows[dup], first[dup]
+    state.remove(
+        removed,
+        "exact_duplicate",
+        [f"same sha256 as kept id {k}" for k in kept_ids],
+        [{"id": i, "kept_id": k} for i, k in zip(state.ids[removed], kept_ids, strict=True)],
+    )
+    state.steps["exact_duplicate"] = "ran"
+
+
+def remove_near_duplicates(state: PoolState, params: CurateParams, near_dup: Any) -> None:
+    """Train images within `near_dup_max_distance` pHash bits of a kept one (id order)."""
+    if not params.near_dedup:
+        state.steps["near_duplicate"] = "skipped: curate.near_dedup is false"
+        return
+    if near_dup is None:
+        state.steps["near_duplicate"] = "not available: tasks.curation.near_dup is not installed"
+        return
+    alive = state.alive_train()
+    rows = _by_id(state, alive[state.has_phash[alive]])
+    if len(rows):
+        found = near_dup.near_duplicates(
+            state.ids[rows].tolist(), state.phash[rows], params.near_dup_max_distance
+        )
+        dup = found["duplicate"].to_numpy(dtype=bool)
+        removed = rows[dup]
+        kept, dist = found["kept_id"].to_numpy()[dup], found["distance"].to_numpy()[dup]
+        state.remove(
+            removed,
+            "near_duplicate",
+            [f"pHash within {d} bits of kept id {k}" for k, d in zip(kept, dist, strict=True)],
+            [
+                {"id": i, "kept_id": k, "distance": int(d)}
+                for i, k, d in zip(state.ids[removed], kept, dist, strict=True)
+            ],
+        )
+    state.steps["near_duplicate"] = "ran"

@@ -1,0 +1,125 @@
+"""Pass 1 of the streamed curation: the per-row work, chunk by chunk, into a compact state.
+
+For each chunk of pool rows: DataComp basic filters and the language filter on train rows,
+the perceptual hash of every image row, and MetaCLIP matching of the train rows still in.
+What the global steps need is kept, per row, in a small table (`STATE_SCHEMA`), never the
+images: a pool of millions of rows fits in memory as state while its images stay on disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.curation.filters import basic_filter
+from tasks.curation.matching import EntryMatcher
+from tasks.errors import StageError
+from tasks.params import CurateParams
+
+SPLITS = ("train", "eval")
+
+STATE_SCHEMA = pa.schema(
+    [
+        pa.field("ordinal", pa.int64(), nullable=False),  # position in the pool's read order
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=True),
+        pa.field("phash", pa.uint64(), nullable=True),
+        pa.field("reason", pa.string(), nullable=True),  # first step that removed the row
+        pa.field("detail", pa.string(), nullable=True),
+        pa.field("entries", pa.list_(pa.int32()), nullable=True),  # matched entry ids (train)
+    ]
+)
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """A curation module that may not be installed in this build (its step is then skipped)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def check_splits(rows: pd.DataFrame, shard: str) -> None:
+    bad = ~rows["split"].isin(SPLITS)
+    if bad.any():
+        examples = rows.loc[bad, ["id", "split"]].head(3).to_dict("records")
+        raise StageError(
+            f"{int(bad.sum())} rows of {shard} have a split outside {SPLITS}, e.g. {examples}: "
+            "fix the input (gate_raw checks the pair table's splits too)"
+        )
+
+
+def _apply(
+    reason: np.ndarray, detail: np.ndarray, index: np.ndarray, verdict: pd.DataFrame
+) -> None:
+    """Record a step's verdict (index-aligned reason/detail, None = pass) on rows still in."""
+    failed = verdict["reason"].notna().to_numpy()
+    rows = index[failed]
+    reason[rows] = verdict["reason"].to_numpy()[failed]
+    detail[rows] = verdict["detail"].astype(object).to_numpy()[failed]
+
+
+def chunk_state(
+    rows: pd.DataFrame,
+    first_ordinal: int,
+    params: CurateParams,
+    matcher: EntryMatcher,
+    steps: dict[str, Any],
+) -> pa.Table:
+    """The state rows of one chunk. `steps` holds the optional modules (None = unavailable)."""
+    n = len(rows)
+    rows = rows.reset_index(drop=True)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
+    is_train = (rows["split"] == "train").to_numpy()
+
+    train_idx = np.flatnonzero(is_train)
+    _apply(reason, detail, train_idx, basic_filter(rows.iloc[train_idx], params))
+
+    language = steps.get("language")
+    if language is not None and params.language_allowed:
+        alive = train_idx[reason[train_idx] == None]  # noqa: E711 (elementwise on objects)
+        verdict = language.language_filter(
+            rows["caption"].iloc[alive].reset_index(drop=True),
+            params.language_allowed,
+            params.language_min_confidence,
+        )
+        _apply(reason, detail, alive, verdict)
+
+    phash = np.zeros(n, dtype=np.uint64)
+    has_phash = np.zeros(n, dtype=bool)
+    image_hash = steps.get("image_hash")
+    if image_hash is not None:
+        # eval rows need a hash too: they are the references for eval near-copies
+        hashable = np.flatnonzero(rows["image"].notna().to_numpy() & (reason == None))  # noqa: E711
+        if len(hashable):
+            phash[hashable] = image_hash.phash_many(rows["image"].iloc[hashable].tolist())
+            has_phash[hashable] = True
+
+    entries: list[list[int] | None] = [None] * n
+    to_match = train_idx[reason[train_idx] == None]  # noqa: E711
+    found_all = matcher.match_all(rows["caption"].iloc[to_match].tolist())
+    for i, found in zip(to_match, found_all, strict=True):
+        entries[i] = found
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.arange(first_ordinal, first_ordinal + n), pa.int64()),
+            pa.array(rows["id"], pa.string()),
+            pa.array(rows["shard"], pa.string()),
+            pa.array(rows["split"], pa.string()),
+            pa.array(rows["sha256"], pa.string()),
+            pa.array(phash, pa.uint64(), mask=~has_phash),
+            pa.array(reason, pa.string()),
+            pa.array(detail, pa.string()),
+            pa.array(entries, pa.list_(pa.int32())),
+        ],
+        schema=STATE_SCHEMA,
+    )
