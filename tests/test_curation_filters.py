@@ -36,3 +36,23 @@ def test_exact_dedup_keeps_first_by_id_not_row_order() -> None:
     assert dups["kept_id"].tolist()[0] == "a"
     eval_rows = pd.DataFrame({"id": ["e1"], "sha256": ["y"]})
     assert eval_copies(train, eval_rows).tolist() == [False, False, True, False]
+
+
+def test_rows_without_an_image_pass_image_rules_and_dedup() -> None:
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "sha256": [None, None, "x", "x"],
+            "caption": ["a red cat", "a red cat", "a red cat", "a red cat"],
+            "width": pd.array([None, None, 4, 32], dtype="Int32"),
+            "height": pd.array([None, None, 32, 32], dtype="Int32"),
+        }
+    )
+    verdict = basic_filter(frame, CurateParams(min_image_side=8))
+    assert verdict["reason"].tolist() == [None, None, "image_too_small", None]
+    assert verdict["detail"].tolist()[2] == "4x32: short side < 8"
+    dups = exact_duplicates(frame)
+    assert dups["duplicate"].tolist() == [False, False, False, True]
+    assert dups["kept_id"].tolist() == [None, None, None, "c"]
+    eval_rows = pd.DataFrame({"id": ["e"], "sha256": [None]})
+    assert not eval_copies(frame, eval_rows).any()

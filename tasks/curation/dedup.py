@@ -1,8 +1,18 @@
-"""Exact deduplication by image sha256, and removal of train images copied from eval."""
+"""Exact deduplication by image sha256, and removal of train images copied from eval.
+
+Rows without an image (null sha256: a text-only pool) are never duplicates or eval copies.
+Near duplicates are `tasks.curation.near_dup`; semantic ones `tasks.curation.semdedup`.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
+
+# Reason codes of the exact steps (a person filters removed rows by these).
+EXACT_DEDUP_REASONS = {
+    "eval_copy": "the train image is byte-identical to an eval image",
+    "exact_duplicate": "another train row with a smaller id has the same image sha256",
+}
 
 
 def eval_copies(train: pd.DataFrame, eval_rows: pd.DataFrame) -> pd.Series:
@@ -10,7 +20,8 @@ def eval_copies(train: pd.DataFrame, eval_rows: pd.DataFrame) -> pd.Series:
 
     Such a row would leak an evaluation image into training, so it is always removed.
     """
-    return train["sha256"].isin(set(eval_rows["sha256"]))
+    eval_hashes = set(eval_rows["sha256"].dropna())
+    return train["sha256"].notna() & train["sha256"].isin(eval_hashes)
 
 
 def exact_duplicates(train: pd.DataFrame) -> pd.DataFrame:
@@ -20,8 +31,12 @@ def exact_duplicates(train: pd.DataFrame) -> pd.DataFrame:
     the copy that is kept (None for kept rows). "First" means first in id order, so the
     result does not depend on the order rows arrived in.
     """
-    ordered = train.sort_values("id", kind="stable")
+    with_image = train[train["sha256"].notna()]
+    ordered = with_image.sort_values("id", kind="stable")
     duplicate = ordered.duplicated("sha256", keep="first")
     first_id = ordered.groupby("sha256", sort=False)["id"].transform("first")
-    kept_id = first_id.where(duplicate, None)
-    return pd.DataFrame({"duplicate": duplicate, "kept_id": kept_id}).reindex(train.index)
+    kept_id = first_id.astype("object").where(duplicate, None)
+    out = pd.DataFrame({"duplicate": duplicate, "kept_id": kept_id}).reindex(train.index)
+    out["duplicate"] = out["duplicate"].fillna(False).astype(bool)
+    out["kept_id"] = out["kept_id"].astype("object").where(out["duplicate"], None)
+    return out
