@@ -136,7 +136,10 @@ class CurateParams(StrictModel):
         description="caption languages kept (ISO 639-1); empty list = no language filter",
     )
     language_min_confidence: float = Field(
-        0.0, ge=0.0, le=1.0, description="below this detector confidence a caption is removed"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a caption is removed when another language wins with p >= this",
     )
     exact_dedup: bool = True
     near_dedup: bool = Field(True, description="drop perceptual-hash near-duplicate train images")

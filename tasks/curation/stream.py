@@ -384,10 +384,12 @@ def curate_pool(
     timings["total_s"] = time.perf_counter() - started
 
     pool_q = pq.read_table(out_dir / "quarantine.parquet").to_pandas()
-    quarantine = pd.concat([q for q in [prior_quarantine, pool_q] if q is not None and len(q)])
+    quarantine = pd.concat(
+        [q for q in [prior_quarantine] if q is not None and len(q)] + [pool_q], ignore_index=True
+    )
     report = build_pool_report(
         rows_read=rows_read,
-        quarantine=quarantine if len(quarantine.columns) else pool_q,
+        quarantine=quarantine,
         kept_split=state.split[kept_rows],
         removed=removed,
         entries=entries,

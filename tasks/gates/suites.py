@@ -139,24 +139,40 @@ def curated_batches(
     report: dict[str, Any],
     balance: pd.DataFrame,
     gp: GateParams,
+    *,
+    kept_ids: pd.DataFrame,
+    kept_from_pairs: pd.DataFrame,
+    shard_rows: pd.DataFrame,
+    matches: pd.DataFrame,
 ) -> list[Batch]:
-    """gate_curated: schema, duplicates, eval leakage, balance bounds, the accounting identity."""
+    """gate_curated: schema, duplicates, eval leakage, recorded matches, balance bounds, the
+    accounting identity.
+
+    `kept_ids` is curate's kept id list, `kept_from_pairs` its rows from the pipeline's pair
+    table (the curated table must hold exactly those), `shard_rows` (id, split, sha256) the
+    rows of the output shards, `matches` the recorded-vs-rematched check of `match_check`.
+    """
     gxe = import_gx().expectations
     train = curated[curated["split"] == "train"].copy()
     eval_rows = curated[curated["split"] == "eval"]
     eval_id_by_sha = dict(zip(eval_rows["sha256"], eval_rows["id"], strict=True))
     train["eval_copy_of"] = train["sha256"].map(eval_id_by_sha)
+    train["in_kept_ids"] = train["id"].isin(set(kept_ids["id"]))
+    shard_train = shard_rows[(shard_rows["split"] == "train") & shard_rows["sha256"].notna()]
 
     kept = report.get("kept", {})
     filtered = sum(report.get("filtered", {}).values())
     quarantined = sum(report.get("quarantined", {}).values())
+    from_pairs = kept_from_pairs["split"].value_counts()
     accounting = pd.DataFrame(
         {
             "identity_gap": [
                 report.get("rows_in", 0) - sum(kept.values()) - filtered - quarantined
             ],
-            "kept_train_gap": [kept.get("train", -1) - len(train)],
-            "kept_eval_gap": [kept.get("eval", -1) - len(eval_rows)],
+            "kept_ids_gap": [sum(kept.values()) - len(kept_ids)],
+            "shards_gap": [len(shard_rows) - len(kept_ids)],
+            "kept_train_gap": [int(from_pairs.get("train", 0)) - len(train)],
+            "kept_eval_gap": [int(from_pairs.get("eval", 0)) - len(eval_rows)],
             "filtered_gap": [filtered - len(removed)],
         }
     )
@@ -164,7 +180,7 @@ def curated_batches(
         Batch("curated", gx_view(curated), _pair_row_expectations(gp), id_column="id"),
         Batch(
             "curated_train",
-            train[["id", "sha256", "eval_copy_of"]],
+            train[["id", "sha256", "eval_copy_of", "in_kept_ids"]],
             [
                 gxe.ExpectColumnValuesToBeUnique(
                     column="sha256", description="no exact duplicate image among train rows"
@@ -172,6 +188,34 @@ def curated_batches(
                 gxe.ExpectColumnValuesToBeNull(
                     column="eval_copy_of", description="id of an eval row with the same image"
                 ),
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="in_kept_ids",
+                    value_set=[True],
+                    description="every curated train row is in kept_ids.parquet",
+                ),
+            ],
+            id_column="id",
+        ),
+        Batch(
+            "shards_train",
+            shard_train[["id", "sha256"]],
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="id", description="one row per kept id"),
+                gxe.ExpectColumnValuesToBeUnique(
+                    column="sha256", description="no exact duplicate image among kept shard rows"
+                ),
+            ],
+            id_column="id",
+        ),
+        Batch(
+            "entry_matches",
+            matches,
+            [
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="agree",
+                    value_set=[True],
+                    description="entries curate recorded = a fresh match of the caption",
+                )
             ],
             id_column="id",
         ),
@@ -201,8 +245,10 @@ def curated_batches(
                 )
                 for col, desc in [
                     ("identity_gap", "rows_in - kept - filtered - quarantined"),
-                    ("kept_train_gap", "report kept.train - train rows in curated"),
-                    ("kept_eval_gap", "report kept.eval - eval rows in curated"),
+                    ("kept_ids_gap", "report kept total - rows in kept_ids.parquet"),
+                    ("shards_gap", "rows in the output shards - rows in kept_ids.parquet"),
+                    ("kept_train_gap", "kept train ids of the pair table - curated train rows"),
+                    ("kept_eval_gap", "kept eval ids of the pair table - curated eval rows"),
                     ("filtered_gap", "report filtered total - rows in removed.parquet"),
                 ]
             ],
