@@ -139,7 +139,7 @@ class CurateParams(StrictModel):
         0.5,
         ge=0.0,
         le=1.0,
-        description="a caption is removed when another language wins with p >= this",
+        description="remove a caption another language wins with p >= this",
     )
     exact_dedup: bool = True
     near_dedup: bool = Field(True, description="drop perceptual-hash near-duplicate train images")
