@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from tasks.errors import StageError
 from tasks.layout import Layout
 from tasks.pair_table import (
+    INGEST_QUARANTINE_REASONS,
     PAIR_COLUMNS,
     QUARANTINE_COLUMNS,
-    QUARANTINE_REASONS,
     write_pairs,
     write_quarantine,
 )
@@ -43,7 +43,7 @@ class IngestReport(BaseModel):
     rows_in: int
     pairs: int
     quarantined_total: int
-    quarantined: dict[str, int]  # every declared reason code, zero included
+    quarantined: dict[str, int]  # every ingest reason code, zero included
     rows_in_by_source: dict[str, int]
     pairs_by_source_split: dict[str, dict[str, int]]
     shapes_duplicates: dict[str, dict[str, str]]  # {"exact"|"near": {copy id: original id}}
@@ -126,7 +126,7 @@ def build_report(
         rows_in=rows_in,
         pairs=len(pairs),
         quarantined_total=len(quarantine),
-        quarantined={code: reasons.get(code, 0) for code in QUARANTINE_REASONS},
+        quarantined={code: reasons.get(code, 0) for code in INGEST_QUARANTINE_REASONS},
         rows_in_by_source={r.source: r.rows_in for r in results},
         pairs_by_source_split=by_split,
         shapes_duplicates=shapes.extra["duplicates"] if shapes else {"exact": {}, "near": {}},

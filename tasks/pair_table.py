@@ -39,8 +39,10 @@ QUARANTINE_SCHEMA = pa.schema(
 QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
 
 # Reason codes a person can filter on. Adding one is fine; renaming breaks reports.
-QUARANTINE_REASONS = {
-    "image_missing": "the image file named in the captions file does not exist",
+# Ingest's codes (each reachable from ingest, as its test checks) ...
+INGEST_QUARANTINE_REASONS = {
+    "image_missing": "the image named in the captions file does not exist, or a pool sample "
+    "(tar key, sidecar row) has no image member",
     "image_empty": "the image file has zero bytes",
     "image_too_large": "the image file exceeds ingest.max_image_bytes",
     "image_undecodable": "the image bytes could not be decoded (corrupt or truncated)",
@@ -52,6 +54,26 @@ QUARANTINE_REASONS = {
     "bad_row": "the captions file row is malformed",
     "path_escape": "the file path leaves ingest.user.images_dir (.., absolute path, symlink)",
 }
+# ... and the pool readers' (tasks.curation.shards: tar members, sidecars, Parquet pool tables),
+# which also use image_missing, image_empty, image_too_large, image_undecodable, caption_empty,
+# caption_not_utf8 and duplicate_id above.
+POOL_QUARANTINE_REASONS = {
+    "tar_unsafe_path": "a tar member name is absolute or has a '..' component (never extracted)",
+    "tar_member_link": "a tar member is a symlink or hard link (links are never followed)",
+    "tar_member_not_file": "a tar member is a device, FIFO or other non-regular file",
+    "tar_member_too_large": "a tar member exceeds max_member_bytes (its bytes are not read)",
+    "tar_truncated": "the tar is cut or corrupt from this byte offset: the rest was not read",
+    "shard_unreadable": "the whole pool file could not be read (not a tar/Parquet, no caption)",
+    "sidecar_unreadable": "the img2dataset Parquet sidecar beside a tar could not be read",
+    "caption_missing": "the sample has no caption (.txt, json 'caption', sidecar) or it is null",
+    "caption_not_text": "the caption is not text (a number, a list, ...)",
+    "metadata_invalid": "the sample's .json member is not a UTF-8 JSON object",
+    "download_failed": "the img2dataset sidecar gives a status other than 'success'",
+    "sha256_mismatch": "the image bytes do not hash to the sha256 the shard declares",
+    "split_invalid": "the row's split is neither 'train' nor 'eval'",
+    "id_missing": "the pool table's id (or key) is null",
+}
+QUARANTINE_REASONS = {**INGEST_QUARANTINE_REASONS, **POOL_QUARANTINE_REASONS}
 
 
 def write_table(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
