@@ -73,12 +73,12 @@ def _read_quarantine(layout: Layout) -> pd.DataFrame:
 
 
 def pool_inputs(params: PipelineParams, layout: Layout) -> list[Path]:
-    """The pair table, then each `curate.pool` input (relative paths are under the root)."""
+    """Each `curate.pool` input (relative paths are under the project root)."""
     extra = [Path(p) if Path(p).is_absolute() else layout.root / p for p in params.curate.pool]
     missing = [str(p) for p in extra if not p.exists()]
     if missing:
         raise StageError(f"curate.pool inputs not found: {missing}; fix params.yaml")
-    return [layout.pairs, *extra]
+    return extra
 
 
 def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
@@ -90,10 +90,10 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         pool_inputs(params, layout),
         layout.curate_dir,
         params.curate,
+        pair_table=layout.pairs,
+        curated_table=layout.curated,
         root=layout.root,
         prior_quarantine=quarantine,
-        curated_table=layout.curated,
-        curated_input=layout.pairs,
         plot_paths=entry_plot_paths(layout),
         registry_url=params.storage.registry_url,
     )

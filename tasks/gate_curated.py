@@ -88,7 +88,9 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         balance, kept_train, entries, int(report["t"]), params.gate.balance_alpha
     )
     matches = match_check(curated, balance, entries, bool(report.get("lowercase", False)))
-    from_pairs = kept_ids["shard"].map(lambda s: Path(s).resolve() == layout.pairs.resolve())
+    from_pairs = kept_ids["pair_table"].astype(bool) if "pair_table" in kept_ids else None
+    if from_pairs is None:
+        raise StageError(f"{kept_ids_path(layout)} has no pair_table column: rerun curate")
     return run_gate(
         "curated",
         lambda: curated_batches(

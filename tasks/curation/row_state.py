@@ -28,6 +28,7 @@ STATE_SCHEMA = pa.schema(
         pa.field("ordinal", pa.int64(), nullable=False),  # position in the pool's read order
         pa.field("id", pa.string(), nullable=False),
         pa.field("shard", pa.string(), nullable=False),
+        pa.field("pair_table", pa.bool_(), nullable=False),  # read from the pipeline's pairs
         pa.field("split", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=True),
         pa.field("phash", pa.uint64(), nullable=True),
@@ -72,6 +73,7 @@ def chunk_state(
     params: CurateParams,
     matcher: EntryMatcher,
     steps: dict[str, Any],
+    from_pair_table: bool = False,
 ) -> pa.Table:
     """The state rows of one chunk. `steps` holds the optional modules (None = unavailable)."""
     n = len(rows)
@@ -114,6 +116,7 @@ def chunk_state(
             pa.array(np.arange(first_ordinal, first_ordinal + n), pa.int64()),
             pa.array(rows["id"], pa.string()),
             pa.array(rows["shard"], pa.string()),
+            pa.array(np.full(n, from_pair_table), pa.bool_()),
             pa.array(rows["split"], pa.string()),
             pa.array(rows["sha256"], pa.string()),
             pa.array(phash, pa.uint64(), mask=~has_phash),

@@ -1,11 +1,13 @@
 """The streamed, sharded curation driver: `curate_pool`.
 
     curate_pool(inputs: list[Path], out_dir: Path, config: CurateParams, *,
-                root=Path("."), prior_quarantine=None, curated_table=None,
-                curated_input=None, plot_paths=None, registry_url=None) -> report dict
+                pair_table=None, curated_table=None, root=Path("."),
+                prior_quarantine=None, plot_paths=None, registry_url=None) -> report dict
 
 `inputs` are files or folders of webdataset / img2dataset tar shards and Parquet tables
-(pair tables or text-only pools: rows without an image skip every image step). Memory stays
+(read by tasks.curation.shards.iter_pool; text-only pools work: rows without an image skip
+every image step). `pair_table` is the pipeline's own pair table, read first with its ids
+kept; its kept rows also go to `curated_table`. Memory stays
 bounded by the chunk size plus a compact per-row state (no image is held beyond its chunk):
 
   pass 0  ids + captions: a bottom-k sample by id hash for PMI bigrams, and the label set;
@@ -14,7 +16,7 @@ bounded by the chunk size plus a compact per-row state (no image is held beyond 
   global  duplicate ids, eval copies (exact, near), exact and near duplicates, SemDeDup and
           the CLIP-score filter (with `score_model`), entry counts, balancing.
   pass 2  the kept rows -> `out_dir/shards/part-*.parquet` (+ manifest.json), and the kept
-          rows of `curated_input` -> `curated_table` (the pair table downstream stages read).
+          rows of `pair_table` -> `curated_table` (the pair table downstream stages read).
 
 Also written: `kept_ids.parquet` (id, split, shard: filter a pool without resharding),
 `removed.parquet` (id, reason, detail), `quarantine.parquet` (hostile shard members),
@@ -47,7 +49,7 @@ from tasks.curation.balancing import (
 )
 from tasks.curation.matching import EntryMatcher
 from tasks.curation.metadata import CaptionSample, build_metadata, mine_bigrams, write_metadata
-from tasks.curation.pool_reader import read_pool
+from tasks.curation.pool_reader import read_inputs
 from tasks.curation.pool_steps import (
     PoolState,
     remove_duplicate_ids,
@@ -74,6 +76,7 @@ KEPT_IDS_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("shard", pa.string(), nullable=False),
+        pa.field("pair_table", pa.bool_(), nullable=False),  # a row of the pipeline's pairs
     ]
 )
 BALANCE_SCHEMA = pa.schema(
@@ -112,14 +115,14 @@ def _optional_steps() -> dict[str, Any]:
 
 
 def build_entries(
-    inputs: Sequence[Path], params: CurateParams, root: Path
+    pair_table: Path | None, inputs: Sequence[Path], params: CurateParams, root: Path
 ) -> tuple[list[str], dict[str, Any]]:
     """Pass 0: mine bigrams on an id-hash sample and collect labels; return the entry list."""
     sample = CaptionSample(params.bigram_sample_rows)
     labels: set[str] = set()
     if params.bigram_sample_rows or params.include_class_names:
-        for chunk in read_pool(
-            inputs, params.chunk_rows, params.max_member_bytes, with_images=False
+        for _, chunk in read_inputs(
+            pair_table, inputs, params.chunk_rows, params.max_member_bytes, with_images=False
         ):
             rows = chunk.rows.select(["id", "caption", "label", "split"]).to_pandas()
             train = rows[rows["split"] == "train"]
@@ -144,6 +147,7 @@ def build_entries(
 
 
 def _scan(
+    pair_table: Path | None,
     inputs: Sequence[Path],
     params: CurateParams,
     matcher: EntryMatcher,
@@ -157,8 +161,10 @@ def _scan(
         pq.ParquetWriter(work / STATE_FILE, STATE_SCHEMA) as state,
         pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA) as quarantine,
     ):
-        chunks = read_pool(inputs, params.chunk_rows, params.max_member_bytes, with_images=True)
-        for chunk in tqdm(chunks, desc="curate pass 1", unit="chunk", leave=False):
+        chunks = read_inputs(
+            pair_table, inputs, params.chunk_rows, params.max_member_bytes, with_images=True
+        )
+        for from_pairs, chunk in tqdm(chunks, desc="curate pass 1", unit="chunk", leave=False):
             if chunk.quarantine.num_rows:
                 quarantine.write_table(chunk.quarantine.cast(QUARANTINE_SCHEMA))
                 quarantined += chunk.quarantine.num_rows
@@ -166,7 +172,7 @@ def _scan(
                 continue
             rows = chunk.rows.to_pandas()
             check_splits(rows, chunk.shard)
-            state.write_table(chunk_state(rows, ordinal, params, matcher, steps))
+            state.write_table(chunk_state(rows, ordinal, params, matcher, steps, from_pairs))
             ordinal += len(rows)
     return ordinal, quarantined
 
@@ -273,26 +279,25 @@ def _write_removed(state: PoolState, path: Path) -> pd.DataFrame:
 
 
 def _write_kept(
+    pair_table: Path | None,
     inputs: Sequence[Path],
     params: CurateParams,
     keep: np.ndarray,
     out_dir: Path,
     curated_table: Path | None,
-    curated_input: Path | None,
 ) -> None:
     """Pass 2: stream the pool again and write the kept rows."""
     ordinal = 0
-    curated_shard = str(Path(curated_input).resolve()) if curated_input else None
     with KeptRowWriter(out_dir / "shards", params.shard_rows, curated_table) as writer:
-        chunks = read_pool(inputs, params.chunk_rows, params.max_member_bytes, with_images=True)
-        for chunk in tqdm(chunks, desc="curate pass 2", unit="chunk", leave=False):
+        chunks = read_inputs(
+            pair_table, inputs, params.chunk_rows, params.max_member_bytes, with_images=True
+        )
+        for from_pairs, chunk in tqdm(chunks, desc="curate pass 2", unit="chunk", leave=False):
             n = chunk.rows.num_rows
             mask = keep[ordinal : ordinal + n]
             ordinal += n
             if mask.any():
-                kept = chunk.rows.filter(pa.array(mask))
-                in_curated = curated_shard is not None and _same_file(chunk.shard, curated_shard)
-                writer.write(kept, to_curated=in_curated)
+                writer.write(chunk.rows.filter(pa.array(mask)), to_curated=from_pairs)
     if ordinal != len(keep):
         raise RuntimeError(
             f"pass 2 read {ordinal} rows but pass 1 read {len(keep)}: an input changed during "
@@ -300,26 +305,22 @@ def _write_kept(
         )
 
 
-def _same_file(shard: str, target: str) -> bool:
-    return str(Path(shard).resolve()) == target
-
-
 def curate_pool(
     inputs: Sequence[Path],
     out_dir: Path,
     config: CurateParams,
     *,
+    pair_table: Path | None = None,
+    curated_table: Path | None = None,
     root: Path = Path("."),
     prior_quarantine: pd.DataFrame | None = None,
-    curated_table: Path | None = None,
-    curated_input: Path | None = None,
     plot_paths: tuple[Path, Path] | None = None,
     registry_url: str | None = None,
 ) -> dict[str, Any]:
     """Curate the pool `inputs` into `out_dir`; return the report (identity checked).
 
     `prior_quarantine` (QUARANTINE_SCHEMA rows, e.g. ingest's) counts in rows_in.
-    `curated_table`/`curated_input`: also write the kept rows of that input as a pair table.
+    `pair_table`: the pipeline's pair table (ids kept); its kept rows go to `curated_table`.
     `plot_paths`: (CSV, PNG) of the head/tail entry-count figure. `registry_url` resolves a
     `score_model` of "production".
     """
@@ -331,15 +332,13 @@ def curate_pool(
     work.mkdir(parents=True)
     inputs = [Path(p) for p in inputs]
 
-    entries, metadata_info = build_entries(inputs, config, Path(root))
+    entries, metadata_info = build_entries(pair_table, inputs, config, Path(root))
     write_metadata(entries, metadata_path(out_dir))
     matcher = EntryMatcher(entries, lowercase=config.lowercase)
     timings["pass0_metadata_s"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    rows_read, pool_quarantined = _scan(
-        inputs, config, matcher, work, out_dir / "quarantine.parquet"
-    )
+    rows_read, _ = _scan(pair_table, inputs, config, matcher, work, out_dir / "quarantine.parquet")
     timings["pass1_scan_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -367,14 +366,16 @@ def curate_pool(
 
     mark = time.perf_counter()
     keep = pd.isna(state.reason)
-    _write_kept(inputs, config, keep, out_dir, curated_table, curated_input)
+    _write_kept(pair_table, inputs, config, keep, out_dir, curated_table)
     kept_rows = np.flatnonzero(keep)
-    shards = pq.read_table(work / STATE_FILE, columns=["shard"]).column("shard")
+    origin = pq.read_table(work / STATE_FILE, columns=["shard", "pair_table"])
+    take = pa.array(kept_rows, pa.int64())
     kept_ids = pa.Table.from_arrays(
         [
             pa.array(state.ids[kept_rows], pa.string()),
             pa.array(state.split[kept_rows], pa.string()),
-            shards.take(pa.array(kept_rows, pa.int64())).combine_chunks(),
+            origin.column("shard").take(take).combine_chunks(),
+            origin.column("pair_table").take(take).combine_chunks(),
         ],
         schema=KEPT_IDS_SCHEMA,
     )
@@ -398,7 +399,7 @@ def curate_pool(
         examples=state.examples,
         params=config,
         metadata_info=metadata_info,
-        inputs=[str(p) for p in inputs],
+        inputs=[str(p) for p in ([pair_table] if pair_table else []) + inputs],
         timings={k: round(v, 3) for k, v in timings.items()},
     )
     if plot_paths is not None:
