@@ -120,7 +120,7 @@ class CurateParams(StrictModel):
         default_factory=list,
         description="extra pool inputs: files or folders of webdataset tar shards / Parquet tables",
     )
-    chunk_rows: int = Field(2000, ge=10, le=1_000_000, description="rows read per chunk")
+    chunk_rows: int = Field(2000, ge=1, le=1_000_000, description="rows read per chunk")
     shard_rows: int = Field(
         10_000, ge=1, le=10_000_000, description="rows per curated output shard"
     )
