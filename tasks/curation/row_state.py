@@ -105,11 +105,19 @@ def chunk_state(
             phash[hashable] = image_hash.phash_many(rows["image"].iloc[hashable].tolist())
             has_phash[hashable] = True
 
-    entries: list[list[int] | None] = [None] * n
+    # matched entry ids as an Arrow list column (null for rows not matched), built from the
+    # matcher's flat CSR arrays without a Python list per row
     to_match = train_idx[reason[train_idx] == None]  # noqa: E711
-    found_all = matcher.match_all(rows["caption"].iloc[to_match].tolist())
-    for i, found in zip(to_match, found_all, strict=True):
-        entries[i] = found
+    found = matcher.match_batch(rows["caption"].iloc[to_match].astype(str).tolist())
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[to_match] = found.counts_per_caption()
+    not_matched = np.ones(n, dtype=bool)
+    not_matched[to_match] = False
+    entries = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        pa.array(found.entry_ids.astype(np.int32)),
+        mask=pa.array(not_matched),
+    )
 
     return pa.Table.from_arrays(
         [
@@ -122,7 +130,7 @@ def chunk_state(
             pa.array(phash, pa.uint64(), mask=~has_phash),
             pa.array(reason, pa.string()),
             pa.array(detail, pa.string()),
-            pa.array(entries, pa.list_(pa.int32())),
+            entries,
         ],
         schema=STATE_SCHEMA,
     )
