@@ -28,6 +28,7 @@ class PoolState:
     sha256: np.ndarray  # object, None where no image
     phash: np.ndarray  # uint64
     has_phash: np.ndarray  # bool
+    thumbnails: np.ndarray  # uint8 [N, 8, 8, 3], zeros where no image
     reason: np.ndarray  # object, None = still in
     detail: np.ndarray  # object
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -48,6 +49,21 @@ class PoolState:
 def _by_id(state: PoolState, rows: np.ndarray) -> np.ndarray:
     """`rows` sorted by id (then position), the canonical order for "first copy wins"."""
     return rows[np.lexsort((rows, state.ids[rows].astype(str)))]
+
+
+def _thumbnail_check(
+    params: CurateParams, query: np.ndarray, reference: np.ndarray | None = None
+) -> dict[str, Any]:
+    """near_dup keyword arguments that confirm pHash pairs by thumbnails (when enabled)."""
+    if not params.near_dup_thumbnail_check:
+        return {}
+    check: dict[str, Any] = {
+        "query_thumbnails": query,
+        "max_thumb_distance": params.near_dup_max_thumb_distance,
+    }
+    if reference is not None:
+        check["reference_thumbnails"] = reference
+    return check
 
 
 def remove_duplicate_ids(state: PoolState) -> None:
@@ -94,6 +110,9 @@ def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: An
             state.phash[eval_rows],
             state.ids[eval_rows].tolist(),
             params.eval_near_copy_distance,
+            **_thumbnail_check(
+                params, query=state.thumbnails[query], reference=state.thumbnails[eval_rows]
+            ),
         )
         copy = found["copy"].to_numpy(dtype=bool)
         rows = query[copy]
@@ -141,8 +160,13 @@ def remove_near_duplicates(state: PoolState, params: CurateParams, near_dup: Any
     alive = state.alive_train()
     rows = _by_id(state, alive[state.has_phash[alive]])
     if len(rows):
+        check = _thumbnail_check(params, query=state.thumbnails[rows])
         found = near_dup.near_duplicates(
-            state.ids[rows].tolist(), state.phash[rows], params.near_dup_max_distance
+            state.ids[rows].tolist(),
+            state.phash[rows],
+            params.near_dup_max_distance,
+            thumbnails=check.get("query_thumbnails"),
+            max_thumb_distance=params.near_dup_max_thumb_distance,
         )
         dup = found["duplicate"].to_numpy(dtype=bool)
         removed = rows[dup]

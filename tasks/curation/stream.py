@@ -186,10 +186,23 @@ def _load_state(work: Path) -> tuple[PoolState, pa.ChunkedArray]:
         sha256=table.column("sha256").to_numpy(zero_copy_only=False).astype(object),
         phash=phash.fill_null(0).to_numpy().astype(np.uint64),
         has_phash=phash.is_valid().to_numpy(zero_copy_only=False),
+        thumbnails=_thumbnails(table.column("thumbnail")),
         reason=table.column("reason").to_numpy(zero_copy_only=False).astype(object),
         detail=table.column("detail").to_numpy(zero_copy_only=False).astype(object),
     )
     return state, table.column("entries")
+
+
+def _thumbnails(column: pa.ChunkedArray) -> np.ndarray:
+    """The fixed-size thumbnail column as uint8 [N, 8, 8, 3] (zeros where null)."""
+    width = column.type.byte_width
+    parts = []
+    for chunk in column.chunks:
+        data = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)
+        part = data[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width)
+        parts.append(np.where(chunk.is_valid().to_numpy(zero_copy_only=False)[:, None], part, 0))
+    flat = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint8)
+    return flat.astype(np.uint8).reshape(-1, 8, 8, 3)
 
 
 def _flat(entries: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +365,7 @@ def curate_pool(
         if steps["language"] is not None
         else "not available: tasks.curation.language is not installed"
     )
-    state.steps["phash"] = (
+    state.steps["image_signatures"] = (
         "ran" if steps["image_hash"] is not None else "not available: tasks.curation.image_hash"
     )
     remove_duplicate_ids(state)
