@@ -102,6 +102,8 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         prior_quarantine=quarantine,
         plot_paths=entry_plot_paths(layout),
         registry_url=params.storage.registry_url,
+        artifacts_uri=params.storage.artifacts_uri,
+        device=params.device,
     )
     write_report(report, layout.curation_report)
     write_reason_plot(report, reason_plot_path(layout))

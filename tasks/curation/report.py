@@ -35,6 +35,7 @@ def build_pool_report(
     examples: dict[str, list[dict[str, Any]]],
     params: Any,
     metadata_info: dict[str, Any],
+    model_summary: dict[str, Any],
     inputs: list[str],
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def build_pool_report(
         "top_entries_before": top_entries(entries, counts_before),
         "top_entries_after": top_entries(entries, counts_after),
         "duplicate_examples": examples,
+        "score_model": model_summary or None,
         "inputs": inputs,
         "timings_s": timings,
     }

@@ -49,6 +49,7 @@ from tasks.curation.balancing import (
 )
 from tasks.curation.matching import EntryMatcher
 from tasks.curation.metadata import CaptionSample, build_metadata, mine_bigrams, write_metadata
+from tasks.curation.model_steps import run_model_steps
 from tasks.curation.pool_reader import read_inputs
 from tasks.curation.pool_steps import (
     PoolState,
@@ -318,6 +319,22 @@ def _write_kept(
         )
 
 
+def _load_scoring_model(
+    params: CurateParams, root: Path, registry_url: str | None, artifacts_uri: str, device: str
+) -> Any:
+    """The score model (imports torch only when a model step runs)."""
+    from tasks.curation.scoring_model import load_scoring_model
+    from tasks.device import pick_device
+
+    return load_scoring_model(
+        str(params.score_model),
+        root,
+        registry_url or "sqlite:///store/registry.db",
+        artifacts_uri=artifacts_uri,
+        device=str(pick_device(device)),
+    )
+
+
 def curate_pool(
     inputs: Sequence[Path],
     out_dir: Path,
@@ -329,13 +346,16 @@ def curate_pool(
     prior_quarantine: pd.DataFrame | None = None,
     plot_paths: tuple[Path, Path] | None = None,
     registry_url: str | None = None,
+    artifacts_uri: str = "store/artifacts",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Curate the pool `inputs` into `out_dir`; return the report (identity checked).
 
     `prior_quarantine` (QUARANTINE_SCHEMA rows, e.g. ingest's) counts in rows_in.
     `pair_table`: the pipeline's pair table (ids kept); its kept rows go to `curated_table`.
-    `plot_paths`: (CSV, PNG) of the head/tail entry-count figure. `registry_url` resolves a
-    `score_model` of "production".
+    `plot_paths`: (CSV, PNG) of the head/tail entry-count figure. `registry_url` and
+    `artifacts_uri` resolve a `score_model` of "production"; `device` ("auto", "cpu",
+    "cuda") runs it.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -373,7 +393,13 @@ def curate_pool(
     remove_eval_near_copies(state, config, steps["near_dup"])
     remove_exact_duplicates(state, config)
     remove_near_duplicates(state, config, steps["near_dup"])
-    _model_steps(state, config)
+    model_summary = run_model_steps(
+        state,
+        config,
+        lambda: read_inputs(pair_table, inputs, config.chunk_rows, config.max_member_bytes),
+        lambda: _load_scoring_model(config, Path(root), registry_url, artifacts_uri, device),
+        work,
+    )
     balance = _balance(state, entries_col, entries, config, out_dir / "balance.parquet")
     timings["global_steps_s"] = time.perf_counter() - mark
 
@@ -412,6 +438,7 @@ def curate_pool(
         examples=state.examples,
         params=config,
         metadata_info=metadata_info,
+        model_summary=model_summary,
         inputs=[str(p) for p in ([pair_table] if pair_table else []) + inputs],
         timings={k: round(v, 3) for k, v in timings.items()},
     )
@@ -421,13 +448,3 @@ def curate_pool(
         )
     shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def _model_steps(state: PoolState, params: CurateParams) -> None:
-    """SemDeDup and the CLIP-score filter need a model's embeddings; skipped without one."""
-    if params.score_model is None:
-        state.steps["semantic_duplicate"] = "skipped: no score_model"
-        state.steps["low_clip_score"] = "skipped: no score_model"
-        return
-    state.steps["semantic_duplicate"] = "not available in this build"
-    state.steps["low_clip_score"] = "not available in this build"
