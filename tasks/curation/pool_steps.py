@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.curation.dedup import eval_copies, exact_duplicates
 from tasks.params import CurateParams
 
 MAX_EXAMPLES = 5
@@ -77,11 +78,9 @@ def remove_duplicate_ids(state: PoolState) -> None:
 def remove_eval_copies(state: PoolState) -> None:
     """Train rows whose image bytes equal an eval image's (sha256)."""
     eval_rows = np.flatnonzero((state.split == "eval") & pd.isna(state.reason))
-    eval_by_sha = {
-        s: i for s, i in zip(state.sha256[eval_rows], state.ids[eval_rows], strict=True) if s
-    }
     alive = state.alive_train()
-    hit = np.array([s is not None and s in eval_by_sha for s in state.sha256[alive]], dtype=bool)
+    hit = eval_copies(_frame(state, alive), _frame(state, eval_rows)).to_numpy(dtype=bool)
+    eval_by_sha = dict(zip(state.sha256[eval_rows], state.ids[eval_rows], strict=True))
     rows = alive[hit]
     refs = [eval_by_sha[s] for s in state.sha256[rows]]
     state.remove(
@@ -91,6 +90,10 @@ def remove_eval_copies(state: PoolState) -> None:
         [{"id": i, "eval_id": r} for i, r in zip(state.ids[rows], refs, strict=True)],
     )
     state.steps["eval_copy"] = "ran"
+
+
+def _frame(state: PoolState, rows: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"id": state.ids[rows], "sha256": state.sha256[rows]})
 
 
 def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: Any) -> None:
@@ -135,11 +138,9 @@ def remove_exact_duplicates(state: PoolState, params: CurateParams) -> None:
         state.steps["exact_duplicate"] = "skipped: curate.exact_dedup is false"
         return
     alive = state.alive_train()
-    rows = _by_id(state, alive[pd.notna(state.sha256[alive])])
-    sha = pd.Series(state.sha256[rows])
-    dup = sha.duplicated(keep="first").to_numpy()
-    first = pd.Series(state.ids[rows]).groupby(sha.to_numpy()).transform("first").to_numpy()
-    removed, kept_ids = rows[dup], first[dup]
+    found = exact_duplicates(_frame(state, alive))
+    dup = found["duplicate"].to_numpy(dtype=bool)
+    removed, kept_ids = alive[dup], found["kept_id"].to_numpy()[dup]
     state.remove(
         removed,
         "exact_duplicate",
