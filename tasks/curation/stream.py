@@ -47,9 +47,14 @@ from tasks.curation.balancing import (
     t_for_tail_share,
     tail_share,
 )
+from tasks.curation.clip_score import CLIP_SCORE_REASONS
+from tasks.curation.dedup import EXACT_DEDUP_REASONS
+from tasks.curation.filters import FILTER_REASONS
+from tasks.curation.language import LANGUAGE_REASONS
 from tasks.curation.matching import EntryMatcher
 from tasks.curation.metadata import CaptionSample, build_metadata, mine_bigrams, write_metadata
 from tasks.curation.model_steps import run_model_steps
+from tasks.curation.near_dup import NEAR_DUP_REASONS
 from tasks.curation.pool_reader import read_inputs
 from tasks.curation.pool_steps import (
     PoolState,
@@ -61,6 +66,7 @@ from tasks.curation.pool_steps import (
 )
 from tasks.curation.report import build_pool_report, write_entry_count_plot
 from tasks.curation.row_state import STATE_SCHEMA, check_splits, chunk_state, optional_module
+from tasks.curation.semdedup import SEMDEDUP_REASONS
 from tasks.curation.shard_output import KeptRowWriter
 from tasks.pair_table import QUARANTINE_SCHEMA
 from tasks.params import CurateParams
@@ -88,16 +94,15 @@ BALANCE_SCHEMA = pa.schema(
     ]
 )
 
-# Reason codes of the streamed steps (the basic filters' are tasks.curation.filters').
+# Every reason code a filtered row can carry, in step order (each module declares its own).
 CURATE_REASONS = {
-    "caption_language": "the caption's detected language is not in curate.language_allowed",
+    **FILTER_REASONS,
+    **LANGUAGE_REASONS,
     "duplicate_id": "an earlier row of the pool has the same id",
-    "eval_copy": "the train image is byte-identical to an eval image",
-    "eval_near_copy": "the train image is within curate.eval_near_copy_distance of an eval image",
-    "exact_duplicate": "another train row with a smaller id has the same image sha256",
-    "near_duplicate": "a kept train image is within curate.near_dup_max_distance pHash bits",
-    "semantic_duplicate": "SemDeDup: cosine > 1 - epsilon to a kept pair in its k-means cluster",
-    "low_clip_score": "image-text cosine under score_model below the threshold / top fraction",
+    **EXACT_DEDUP_REASONS,
+    **NEAR_DUP_REASONS,
+    **SEMDEDUP_REASONS,
+    **CLIP_SCORE_REASONS,
     "no_entry_match": "the caption matches no metadata entry (MetaCLIP drops it)",
     "balanced_out": "dropped by MetaCLIP balancing: every matched entry is over threshold t",
 }
