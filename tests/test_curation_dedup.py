@@ -165,3 +165,16 @@ def test_shapes_pool_injected_copies_found_without_flagging_distinct_scenes() ->
     # pHash alone merges distinct drawings: the reason the thumbnail check exists
     alone = near_duplicates(ids, sig.phash, DEFAULT_MAX_DISTANCE)
     assert alone["duplicate"].sum() > len(injected)
+
+
+def test_band_search_in_tiny_pieces_equals_all_pairs(monkeypatch) -> None:
+    import tasks.curation.near_dup as near_dup
+
+    monkeypatch.setattr(near_dup, "_PAIRS_PER_CHUNK", 7)  # pieces split inside buckets
+    monkeypatch.setattr(near_dup, "_LOOKUPS_PER_CHUNK", 50)
+    rng = np.random.default_rng(11)
+    hashes = rng.integers(0, 2**16, size=300, dtype=np.uint64)  # crowded high bands
+    for d in (0, 3, 9):
+        ours = hamming_pairs(hashes, hashes, d, self_join=True)
+        brute = brute_force_pairs(hashes, hashes, d, self_join=True)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, brute, strict=True))

@@ -11,6 +11,7 @@ in blocks, so memory stays bounded by `block_rows` x cluster size.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,13 +40,17 @@ def spherical_kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(cluster label per row, unit-norm centroids) of k-means on unit vectors, seeded."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     k = min(num_clusters, len(unit))
     if len(unit) > _MINIBATCH_ABOVE:
         model = MiniBatchKMeans(k, random_state=seed, n_init=3, batch_size=4096)
     else:
         model = KMeans(k, random_state=seed, n_init=1)
-    labels = model.fit_predict(unit)
+    with warnings.catch_warnings():
+        # exact duplicate vectors can leave fewer distinct points than clusters: harmless here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = model.fit_predict(unit)
     return labels, normalise_rows(model.cluster_centers_)
 
 
