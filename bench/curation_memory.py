@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,20 +41,69 @@ def _peak_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+class _RssSampler:
+    """Samples this process's resident memory every `interval` s on a daemon thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MiB)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_mib() -> float | None:
+        try:  # Linux: resident pages are the second field of /proc/self/statm
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            rss = self.rss_mib()
+            if rss is not None:
+                self.samples.append((time.perf_counter() - self._start, rss))
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_by_phase(self, timings: dict[str, float]) -> dict[str, float]:
+        """Peak sampled RSS within each phase; phases follow each other in `timings` order."""
+        peaks: dict[str, float] = {}
+        end = 0.0
+        for phase, seconds in timings.items():
+            start, end = end, end + seconds
+            inside = [mib for t, mib in self.samples if start <= t < end]
+            if inside:
+                peaks[phase] = round(max(inside), 1)
+        return peaks
+
+
 def _curate_child(inputs: list[str], out_dir: str, config: dict[str, Any], conn: Any) -> None:
     """In the child: curate, then send back a summary of the report and this process's usage."""
     from tasks.curation.stream import curate_pool
     from tasks.params import CurateParams
 
-    started = time.perf_counter()
-    report = curate_pool([Path(p) for p in inputs], Path(out_dir), CurateParams(**config))
-    wall = time.perf_counter() - started
+    params = CurateParams(**config)
+    with _RssSampler() as sampler:
+        started = time.perf_counter()
+        report = curate_pool([Path(p) for p in inputs], Path(out_dir), params)
+        wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    timings = report.get("timings_s") or {}
+    phases = {k: v for k, v in timings.items() if k != "total_s"}
     conn.send(
         {
             "wall_s": wall,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "peak_rss_mib": usage.ru_maxrss / 1024,
+            "peak_rss_by_phase_mib": sampler.peak_by_phase(phases),
             "report": {
                 k: report.get(k)
                 for k in (
@@ -111,6 +162,7 @@ def run_benchmark(
         "rows_per_s_wall": round(rows / summary["wall_s"], 1),
         "rows_per_cpu_s": round(rows / summary["cpu_s"], 1),
         "curate_peak_rss_mib": round(peak, 1),
+        "curate_peak_rss_by_phase_mib": summary["peak_rss_by_phase_mib"],
         "children_peak_rss_mib": round(_peak_rss_mib(resource.RUSAGE_CHILDREN), 1),
         "budget_mib": BUDGET_MIB,
         "within_budget": peak <= BUDGET_MIB,
@@ -139,6 +191,14 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['curate_cpu_s']:.1f} s ({result['rows_per_cpu_s']:,.0f} rows/CPU-s)",
         ),
         ("curate peak RSS", f"{result['curate_peak_rss_mib']:,.0f} MiB (budget {BUDGET_MIB:,})"),
+        (
+            "peak RSS by phase",
+            ", ".join(
+                f"{k.removesuffix('_s')} {v:,.0f}"
+                for k, v in result["curate_peak_rss_by_phase_mib"].items()
+            )
+            + " MiB",
+        ),
         ("generator peak RSS", f"{result['generator_peak_rss_mib']:,.0f} MiB"),
         ("within budget", str(result["within_budget"])),
     ]

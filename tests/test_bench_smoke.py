@@ -78,3 +78,4 @@ def test_curation_memory_bench(tmp_path: Path) -> None:
     assert kept + sum(report["filtered"].values()) == 1200
     assert report["filtered"].get("balanced_out", 0) > 0  # the head really is balanced
     assert result["within_budget"] and result["curate_peak_rss_mib"] > 0
+    assert isinstance(result["curate_peak_rss_by_phase_mib"], dict)
