@@ -6,9 +6,10 @@ MetaCLIP's `substr_matching.py` (`naive_match` below is that loop, kept as the r
 overlapping matches (MetaCLIP counts "red", "cat" and "red cat" in "a red cat").
 
 The batch path (`match_batch`, `match_csr`) joins a chunk of spaced captions into one string
-with a separator that occurs in no key, so no match can span two captions, makes one
-automaton call for the chunk, and turns the matches into flat arrays (`MatchedEntries`:
-CSR offsets + entry ids) with numpy, without a Python object per caption.
+with a separator that occurs in no key (the byte 0xFF for the UTF-8 automaton, an unused
+character for the str one), so no match can span two captions, makes one automaton call for
+the chunk, and turns the matches into flat arrays (`MatchedEntries`: CSR offsets + entry
+ids) with numpy, without a Python object per caption.
 
 Backends: ahocorasick-rs (default; measured faster and smaller, see bench/README.md) and
 pyahocorasick. Both give identical results; the property test checks each against the loop.
@@ -263,5 +264,5 @@ class EntryMatcher:
         )
 
     def match_all(self, captions: Sequence[str], progress: bool = False) -> list[list[int]]:
-        """`match` over many captions (with a progress bar when asked)."""
+        """`[match(c) for c in captions]`, computed by the batch path (progress bar on request)."""
         return self.match_csr(list(captions), progress=progress).to_lists()
