@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.curation.report import curation_markdown, reason_rows
 from tasks.layout import Layout
 from tasks.params import PipelineParams
 
@@ -67,6 +68,20 @@ def _publish_metrics(root: str) -> None:
     create_table_artifact(key="evaluation-metrics", table=rows, description="clipops evaluate")
 
 
+def _publish_curation(root: str) -> None:
+    """The curation report as a Markdown artifact and a per-reason table artifact."""
+    path = Layout.at(root).curation_report
+    if not path.exists():
+        return
+    report = json.loads(path.read_text())
+    create_markdown_artifact(
+        key="curation-report", markdown=curation_markdown(report), description="clipops curate"
+    )
+    create_table_artifact(
+        key="curation-reasons", table=reason_rows(report), description="rows per reason"
+    )
+
+
 @flow(name="clip-pipeline", log_prints=True)
 def clip_pipeline(
     params: PipelineParams = PipelineParams(),  # noqa: B008 (pydantic default shown in the UI form)
@@ -79,6 +94,8 @@ def clip_pipeline(
     results: dict[str, Any] = {}
     for stage in wanted:
         results[stage] = run_stage_task(stage, params, root)
+        if stage == "curate":
+            _publish_curation(root)
         if stage == "evaluate":
             _publish_metrics(root)
     return results

@@ -9,7 +9,8 @@ train rows plus every eval row; what teacher, reinforce, finetune and evaluate r
 `shards/` (every kept row, pair table and pool alike, in part-*.parquet shards: large pools
 are used from here), `kept_ids.parquet`, `removed.parquet` (id, reason, detail),
 `quarantine.parquet`, `balance.parquet` and `metadata.json` (the entry list); plus
-`layout.curation_report` and the entry-count plot (CSV + PNG) under `layout.plots_dir`.
+`layout.curation_report`, the entry-count plot (CSV + PNG) and the per-reason counts (CSV)
+under `layout.plots_dir`.
 
 Only train rows are curated; a row is removed by the first step that rejects it.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks.curation.report import write_report
+from tasks.curation.report import write_reason_plot, write_report
 from tasks.curation.stream import CURATE_REASONS, REMOVED_SCHEMA, curate_pool
 from tasks.errors import StageError
 from tasks.layout import Layout
@@ -52,6 +53,11 @@ def kept_ids_path(layout: Layout) -> Path:
 def balance_path(layout: Layout) -> Path:
     """Every pair that entered balancing: id, matched entry ids, kept."""
     return layout.curate_dir / "balance.parquet"
+
+
+def reason_plot_path(layout: Layout) -> Path:
+    """reason,rows CSV of the filter and quarantine reasons (a DVC bar plot)."""
+    return layout.plots_dir / "curation_reasons.csv"
 
 
 def entry_plot_paths(layout: Layout) -> tuple[Path, Path]:
@@ -96,8 +102,11 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         prior_quarantine=quarantine,
         plot_paths=entry_plot_paths(layout),
         registry_url=params.storage.registry_url,
+        artifacts_uri=params.storage.artifacts_uri,
+        device=params.device,
     )
     write_report(report, layout.curation_report)
+    write_reason_plot(report, reason_plot_path(layout))
     return report
 
 

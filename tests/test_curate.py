@@ -13,8 +13,11 @@ import pytest
 from PIL import Image
 
 from tasks import curate, gate_curated
+from tasks.curation.filters import FILTER_REASONS
+from tasks.curation.stream import CURATE_REASONS
 from tasks.errors import GateFailed
 from tasks.layout import Layout
+from tasks.models import create_model, save_model
 from tasks.pair_table import read_pairs, write_pairs, write_quarantine
 from tasks.params import parse_params
 
@@ -163,3 +166,95 @@ def test_gate_curated_passes_then_fails_on_broken_curation(curated_layout: Layou
     assert "index.html" in message
     verdict = json.loads((layout.gate_dir("curated") / "summary.json").read_text())
     assert verdict["passed"] is False
+
+
+def nudged(image: bytes) -> bytes:
+    """The same picture with one channel of one pixel moved by 3: new bytes, same look."""
+    pixels = np.array(Image.open(io.BytesIO(image)).convert("RGB"))
+    pixels[0, 0, 0] = (int(pixels[0, 0, 0]) + 3) % 256
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_every_reason_code_is_reachable(tmp_path: Path) -> None:
+    """One pool with a row for each reason; a second run with a real (tiny) score model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    layout = build_pool(tmp_path / "project")
+    pairs = read_pairs(layout.pairs)
+    by_id = pairs.set_index("id")
+    extra = [
+        pair("x_near", nudged(by_id.loc["t0002", "image"]), "a near copy of a cat", "cat", "train"),
+        pair("x_evalnear", nudged(by_id.loc["e001", "image"]), "a copied dog", "dog", "train"),
+        pair("x_german", png(30_001), "ein Hund und eine Katze spielen im Garten", None, "train"),
+        pair("extra/k1", png(30_002), "a fox in the snow", "fox", "train"),
+    ]
+    write_pairs(pd.concat([pairs, pd.DataFrame(extra)], ignore_index=True), layout.pairs)
+    pool = pa.table({"key": ["k1"], "caption": ["another fox with the same id"]})
+    pq.write_table(pool, tmp_path / "project" / "extra.parquet")
+    params = parse_params(
+        {
+            "curate": {
+                "wordfreq_top_n": 0,
+                "bigram_sample_rows": 0,
+                "balance_t": 50,
+                "seed": 3,
+                "pool": ["extra.parquet"],
+            }
+        }
+    )
+    report = curate.run(params, layout)
+    removed = pd.read_parquet(layout.curation_removed).set_index("id")
+    assert removed.loc["x_near", "reason"] == "near_duplicate"
+    assert removed.loc["x_evalnear", "reason"] == "eval_near_copy"
+    assert "e001" in removed.loc["x_evalnear", "detail"]
+    assert removed.loc["x_german", "reason"] == "caption_language"
+    assert removed.loc["extra/k1", "reason"] == "duplicate_id"
+    assert report["rows_in"] == len(pairs) + len(extra) + 1 + 2  # + pool row + quarantine
+
+    reasons = set(removed["reason"])
+    expected = set(CURATE_REASONS)
+    assert set(FILTER_REASONS) < expected
+    model_reasons = {"semantic_duplicate", "low_clip_score"}  # next test: they need a model
+    assert reasons == expected - model_reasons, expected ^ reasons
+
+
+def test_model_steps_semdedup_and_clip_score(tmp_path: Path) -> None:
+    """SemDeDup and the CLIP-score filter under a real (randomly initialised) tiny model."""
+    layout = Layout.at(tmp_path)
+    rows = [
+        pair(f"t{i:03d}", png(i, (16, 16)), f"a cat number {i}", "cat", "train") for i in range(30)
+    ]
+    rows += [
+        pair(f"u{i:03d}", nudged(png(i, (16, 16))), f"a cat copy {i}", "cat", "train")
+        for i in range(5)
+    ]
+    rows += [pair("e000", png(999, (16, 16)), "an eval cat", "cat", "eval")]
+    write_pairs(pd.DataFrame(rows), layout.pairs)
+    write_quarantine(pd.DataFrame(columns=["row", "source", "reason", "detail"]), layout.quarantine)
+    loaded = create_model("clipops-vit-s-text-s")
+    save_model(loaded.model, "clipops-vit-s-text-s", loaded.model_cfg, tmp_path / "m", {})
+    curate_params = {
+        "wordfreq_top_n": 0,
+        "bigram_sample_rows": 0,
+        "balance_t": 1000,
+        "near_dedup": False,  # so the nudged copies reach SemDeDup
+        "score_model": "m",
+        "semdedup_clusters": 3,
+        "semdedup_epsilon": 0.001,
+        "score_fraction": 0.5,
+    }
+    report = curate.run(parse_params({"device": "cpu", "curate": curate_params}), layout)
+    assert report["score_model"]["rows_embedded"] == 35
+    removed = pd.read_parquet(layout.curation_removed).set_index("id")
+    semantic = removed[removed["reason"] == "semantic_duplicate"]
+    # SemDeDup keeps the member farthest from its centroid: one of each (t_i, u_i) pair goes
+    assert sorted(i[1:] for i in semantic.index) == [f"{i:03d}" for i in range(5)]
+    for row_id, detail in semantic["detail"].items():
+        twin = ("u" if row_id[0] == "t" else "t") + row_id[1:]
+        assert f"to kept id {twin}" in detail
+    # the top half of the 30 survivors by image-text cosine is kept
+    assert report["filtered"]["low_clip_score"] == 15 and report["kept"]["train"] == 15
+    assert report["steps"]["semantic_duplicate"] == "ran" == report["steps"]["low_clip_score"]

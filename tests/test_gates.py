@@ -122,3 +122,42 @@ def test_eval_gate_writes_summary_and_html(tmp_path: Path) -> None:
     summary = json.loads((layout.gate_dir("eval") / "summary.json").read_text())
     assert summary["passed"] is False and summary["failed"] == 1
     assert "FAILED" in (layout.gate_dir("eval") / "index.html").read_text()
+
+
+def test_gate_curated_fails_on_broken_shards_matches_and_report(tmp_path: Path) -> None:
+    """Tamper with each curate output the gate cross-checks; every tampering is named."""
+    import pyarrow as pa
+
+    from tasks import curate, gate_curated
+    from tests.test_curate import PARAMS as CURATE_PARAMS
+    from tests.test_curate import build_pool
+
+    layout = build_pool(tmp_path)
+    curate.run(CURATE_PARAMS, layout)
+    assert gate_curated.run(CURATE_PARAMS, layout)["passed"]
+
+    # a kept train row copied into a new shard: duplicate id and image, shard rows != kept ids
+    shards = curate.shards_dir(layout)
+    part = pq.read_table(sorted(shards.glob("part-*.parquet"))[0]).to_pandas()
+    copy = part[part["split"] == "train"].head(1)
+    pq.write_table(pa.Table.from_pandas(copy, preserve_index=False), shards / "part-09999.parquet")
+    # curate's recorded matches for one kept pair no longer agree with its caption
+    balance = pq.read_table(curate.balance_path(layout)).to_pandas()
+    victim = balance.index[balance["kept"]][0]
+    balance.at[victim, "entries"] = [2]
+    pq.write_table(pa.Table.from_pandas(balance, preserve_index=False), curate.balance_path(layout))
+    # a report whose numbers do not add up
+    report = json.loads(layout.curation_report.read_text())
+    report["rows_in"] += 7
+    layout.curation_report.write_text(json.dumps(report))
+
+    with pytest.raises(GateFailed) as failure:
+        gate_curated.run(CURATE_PARAMS, layout)
+    message = str(failure.value)
+    assert "shards_gap" in message and "identity_gap" in message
+    assert "expect_column_values_to_be_unique(sha256)" in message
+    assert "agree" in message and str(balance.at[victim, "id"]) in message
+    summary = json.loads((layout.gate_dir("curated") / "summary.json").read_text())
+    failed = {(e["asset"], e["column"]) for e in summary["expectations"] if not e["success"]}
+    assert ("shards_train", "sha256") in failed and ("shards_train", "id") in failed
+    assert ("entry_matches", "agree") in failed

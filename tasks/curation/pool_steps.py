@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.curation.dedup import eval_copies, exact_duplicates
 from tasks.params import CurateParams
 
 MAX_EXAMPLES = 5
@@ -28,6 +29,7 @@ class PoolState:
     sha256: np.ndarray  # object, None where no image
     phash: np.ndarray  # uint64
     has_phash: np.ndarray  # bool
+    thumbnails: np.ndarray  # uint8 [N, 8, 8, 3], zeros where no image
     reason: np.ndarray  # object, None = still in
     detail: np.ndarray  # object
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -50,6 +52,21 @@ def _by_id(state: PoolState, rows: np.ndarray) -> np.ndarray:
     return rows[np.lexsort((rows, state.ids[rows].astype(str)))]
 
 
+def _thumbnail_check(
+    params: CurateParams, query: np.ndarray, reference: np.ndarray | None = None
+) -> dict[str, Any]:
+    """near_dup keyword arguments that confirm pHash pairs by thumbnails (when enabled)."""
+    if not params.near_dup_thumbnail_check:
+        return {}
+    check: dict[str, Any] = {
+        "query_thumbnails": query,
+        "max_thumb_distance": params.near_dup_max_thumb_distance,
+    }
+    if reference is not None:
+        check["reference_thumbnails"] = reference
+    return check
+
+
 def remove_duplicate_ids(state: PoolState) -> None:
     """A later row reusing an id is removed: ids must name one row for kept_ids to work."""
     dup = pd.Series(state.ids).duplicated(keep="first").to_numpy() & pd.isna(state.reason)
@@ -61,11 +78,9 @@ def remove_duplicate_ids(state: PoolState) -> None:
 def remove_eval_copies(state: PoolState) -> None:
     """Train rows whose image bytes equal an eval image's (sha256)."""
     eval_rows = np.flatnonzero((state.split == "eval") & pd.isna(state.reason))
-    eval_by_sha = {
-        s: i for s, i in zip(state.sha256[eval_rows], state.ids[eval_rows], strict=True) if s
-    }
     alive = state.alive_train()
-    hit = np.array([s is not None and s in eval_by_sha for s in state.sha256[alive]], dtype=bool)
+    hit = eval_copies(_frame(state, alive), _frame(state, eval_rows)).to_numpy(dtype=bool)
+    eval_by_sha = dict(zip(state.sha256[eval_rows], state.ids[eval_rows], strict=True))
     rows = alive[hit]
     refs = [eval_by_sha[s] for s in state.sha256[rows]]
     state.remove(
@@ -75,6 +90,10 @@ def remove_eval_copies(state: PoolState) -> None:
         [{"id": i, "eval_id": r} for i, r in zip(state.ids[rows], refs, strict=True)],
     )
     state.steps["eval_copy"] = "ran"
+
+
+def _frame(state: PoolState, rows: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"id": state.ids[rows], "sha256": state.sha256[rows]})
 
 
 def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: Any) -> None:
@@ -94,6 +113,9 @@ def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: An
             state.phash[eval_rows],
             state.ids[eval_rows].tolist(),
             params.eval_near_copy_distance,
+            **_thumbnail_check(
+                params, query=state.thumbnails[query], reference=state.thumbnails[eval_rows]
+            ),
         )
         copy = found["copy"].to_numpy(dtype=bool)
         rows = query[copy]
@@ -116,11 +138,9 @@ def remove_exact_duplicates(state: PoolState, params: CurateParams) -> None:
         state.steps["exact_duplicate"] = "skipped: curate.exact_dedup is false"
         return
     alive = state.alive_train()
-    rows = _by_id(state, alive[pd.notna(state.sha256[alive])])
-    sha = pd.Series(state.sha256[rows])
-    dup = sha.duplicated(keep="first").to_numpy()
-    first = pd.Series(state.ids[rows]).groupby(sha.to_numpy()).transform("first").to_numpy()
-    removed, kept_ids = rows[dup], first[dup]
+    found = exact_duplicates(_frame(state, alive))
+    dup = found["duplicate"].to_numpy(dtype=bool)
+    removed, kept_ids = alive[dup], found["kept_id"].to_numpy()[dup]
     state.remove(
         removed,
         "exact_duplicate",
@@ -141,8 +161,13 @@ def remove_near_duplicates(state: PoolState, params: CurateParams, near_dup: Any
     alive = state.alive_train()
     rows = _by_id(state, alive[state.has_phash[alive]])
     if len(rows):
+        check = _thumbnail_check(params, query=state.thumbnails[rows])
         found = near_dup.near_duplicates(
-            state.ids[rows].tolist(), state.phash[rows], params.near_dup_max_distance
+            state.ids[rows].tolist(),
+            state.phash[rows],
+            params.near_dup_max_distance,
+            thumbnails=check.get("query_thumbnails"),
+            max_thumb_distance=params.near_dup_max_thumb_distance,
         )
         dup = found["duplicate"].to_numpy(dtype=bool)
         removed = rows[dup]

@@ -35,6 +35,7 @@ def build_pool_report(
     examples: dict[str, list[dict[str, Any]]],
     params: Any,
     metadata_info: dict[str, Any],
+    model_summary: dict[str, Any],
     inputs: list[str],
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def build_pool_report(
         "top_entries_before": top_entries(entries, counts_before),
         "top_entries_after": top_entries(entries, counts_after),
         "duplicate_examples": examples,
+        "score_model": model_summary or None,
         "inputs": inputs,
         "timings_s": timings,
     }
@@ -134,3 +136,57 @@ def write_entry_count_plot(
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def reason_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per outcome: kept (per split), each filter reason, each quarantine reason."""
+    rows = [{"outcome": "kept", "reason": split, "rows": n} for split, n in report["kept"].items()]
+    rows += [{"outcome": "filtered", "reason": r, "rows": n} for r, n in report["filtered"].items()]
+    rows += [
+        {"outcome": "quarantined", "reason": r, "rows": n} for r, n in report["quarantined"].items()
+    ]
+    return rows
+
+
+def write_reason_plot(report: dict[str, Any], csv_path: Path) -> None:
+    """reason,rows CSV of every filter and quarantine reason (a DVC bar plot)."""
+    table = pd.DataFrame([r for r in reason_rows(report) if r["outcome"] != "kept"])
+    if table.empty:
+        table = pd.DataFrame({"outcome": [], "reason": [], "rows": []})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table[["reason", "rows", "outcome"]].to_csv(csv_path, index=False)
+
+
+def curation_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown for people (the Prefect UI artifact)."""
+    kept, filtered = sum(report["kept"].values()), sum(report["filtered"].values())
+    quarantined = sum(report["quarantined"].values())
+    lines = [
+        "## Curation",
+        "",
+        f"**{report['rows_in']:,}** rows in = **{kept:,}** kept ({report['kept']['train']:,} "
+        f"train, {report['kept']['eval']:,} eval) + **{filtered:,}** filtered + "
+        f"**{quarantined:,}** quarantined.",
+        "",
+        f"MetaCLIP: {report['entries']:,} entries, t = {report['t']:,} ({report['t_source']}; "
+        f"{report['tail_share_at_t']:.1%} of matches kept), "
+        f"{report['entries_matched_before']:,} entries matched before balancing, "
+        f"{report['entries_matched_after']:,} after.",
+        "",
+        "| outcome | reason | rows |",
+        "|---|---|---:|",
+        *[f"| {r['outcome']} | {r['reason']} | {r['rows']:,} |" for r in reason_rows(report)],
+        "",
+        "| step | status |",
+        "|---|---|",
+        *[f"| {step} | {status} |" for step, status in report["steps"].items()],
+        "",
+        "Top entries after balancing: "
+        + ", ".join(f"{e['entry']!r} ({e['count']:,})" for e in report["top_entries_after"][:10]),
+    ]
+    for reason, examples in report.get("duplicate_examples", {}).items():
+        shown = "; ".join(
+            " vs ".join(str(v) for k, v in ex.items() if k != "distance") for ex in examples[:3]
+        )
+        lines.append(f"\nExamples of `{reason}` (removed vs kept): {shown}")
+    return "\n".join(lines) + "\n"

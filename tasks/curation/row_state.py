@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.curation.filters import basic_filter
 from tasks.curation.matching import EntryMatcher
@@ -22,6 +23,7 @@ from tasks.errors import StageError
 from tasks.params import CurateParams
 
 SPLITS = ("train", "eval")
+THUMB_BYTES = 8 * 8 * 3  # tasks.curation.image_hash.THUMB_SIDE squared, RGB
 
 STATE_SCHEMA = pa.schema(
     [
@@ -32,6 +34,7 @@ STATE_SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=True),
         pa.field("phash", pa.uint64(), nullable=True),
+        pa.field("thumbnail", pa.binary(THUMB_BYTES), nullable=True),  # 8x8 RGB, near-dup check
         pa.field("reason", pa.string(), nullable=True),  # first step that removed the row
         pa.field("detail", pa.string(), nullable=True),
         pa.field("entries", pa.list_(pa.int32()), nullable=True),  # matched entry ids (train)
@@ -67,6 +70,15 @@ def _apply(
     detail[rows] = verdict["detail"].astype(object).to_numpy()[failed]
 
 
+def _thumbnail_column(thumbs: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """[n, THUMB_BYTES] uint8 as a fixed-size binary column, null where there is no image."""
+    n = len(thumbs)
+    dense = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(THUMB_BYTES), n, [None, pa.py_buffer(np.ascontiguousarray(thumbs).tobytes())]
+    )
+    return pc.if_else(pa.array(valid), dense, pa.scalar(None, pa.binary(THUMB_BYTES)))
+
+
 def chunk_state(
     rows: pd.DataFrame,
     first_ordinal: int,
@@ -96,20 +108,33 @@ def chunk_state(
         _apply(reason, detail, alive, verdict)
 
     phash = np.zeros(n, dtype=np.uint64)
+    thumbs = np.zeros((n, THUMB_BYTES), dtype=np.uint8)
     has_phash = np.zeros(n, dtype=bool)
     image_hash = steps.get("image_hash")
     if image_hash is not None:
         # eval rows need a hash too: they are the references for eval near-copies
         hashable = np.flatnonzero(rows["image"].notna().to_numpy() & (reason == None))  # noqa: E711
         if len(hashable):
-            phash[hashable] = image_hash.phash_many(rows["image"].iloc[hashable].tolist())
-            has_phash[hashable] = True
+            signatures = image_hash.image_signatures(
+                rows["image"].iloc[hashable].tolist(), rows["id"].iloc[hashable].tolist()
+            )
+            phash[hashable] = signatures.phash
+            thumbs[hashable] = signatures.thumbnail.reshape(len(hashable), -1)
+            has_phash[hashable] = signatures.has_image
 
-    entries: list[list[int] | None] = [None] * n
+    # matched entry ids as an Arrow list column (null for rows not matched), built from the
+    # matcher's flat CSR arrays without a Python list per row
     to_match = train_idx[reason[train_idx] == None]  # noqa: E711
-    found_all = matcher.match_all(rows["caption"].iloc[to_match].tolist())
-    for i, found in zip(to_match, found_all, strict=True):
-        entries[i] = found
+    found = matcher.match_batch(rows["caption"].iloc[to_match].astype(str).tolist())
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[to_match] = found.counts_per_caption()
+    not_matched = np.ones(n, dtype=bool)
+    not_matched[to_match] = False
+    entries = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        pa.array(found.entry_ids.astype(np.int32)),
+        mask=pa.array(not_matched),
+    )
 
     return pa.Table.from_arrays(
         [
@@ -120,9 +145,10 @@ def chunk_state(
             pa.array(rows["split"], pa.string()),
             pa.array(rows["sha256"], pa.string()),
             pa.array(phash, pa.uint64(), mask=~has_phash),
+            _thumbnail_column(thumbs, has_phash),
             pa.array(reason, pa.string()),
             pa.array(detail, pa.string()),
-            pa.array(entries, pa.list_(pa.int32())),
+            entries,
         ],
         schema=STATE_SCHEMA,
     )

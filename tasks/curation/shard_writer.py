@@ -1,13 +1,13 @@
 """Write a pool as numbered Parquet shards, streamed, each shard appearing atomically.
 
-`ShardWriter(out_dir)` takes tables of any size through `write()`, buffers at most one row
-group (`row_group_rows`), and rolls over to `part-00000.parquet`, `part-00001.parquet`, ...
-every `rows_per_shard` rows. A shard is written to a hidden temp file and renamed when
-complete, so a reader never sees half a shard; `close()` then writes `manifest.json`
-(shards, rows per shard, total, schema). Leaving the `with` block on an exception removes
-the temp file and writes no manifest: an output without a manifest is incomplete.
-The writer owns `out_dir`: stale `part-*.parquet` files and the manifest of an earlier run
-are removed when it starts.
+`ShardWriter(out_dir)` takes tables of any size through `write()`, writes them in row
+groups of `row_group_rows` (buffering less than one), and rolls over to
+`part-00000.parquet`, `part-00001.parquet`, ... every `rows_per_shard` rows. A shard is
+written to a hidden temp file and renamed when complete, so a reader never sees half a
+shard; `close()` then writes `manifest.json` (shards, rows per shard, total, columns).
+Leaving the `with` block on an exception removes the temp file and writes no manifest: an
+output without a manifest is incomplete. The writer owns `out_dir`: stale `part-*.parquet`
+files and the manifest of an earlier run are removed when it starts.
 """
 
 from __future__ import annotations
@@ -112,19 +112,27 @@ class ShardWriter:
             if self._shard_rows >= self.rows_per_shard:
                 self._finish_shard()
 
-    def _flush_buffer(self) -> None:
-        if not self._buffered:
+    def _flush_buffer(self, *, shard_end: bool = False) -> None:
+        """Write whole row groups of `row_group_rows` (and, at a shard's end, the remainder)."""
+        n = (
+            self._buffered
+            if shard_end
+            else self._buffered // self.row_group_rows * self.row_group_rows
+        )
+        if not n:
             return
         if self._writer is None:
             name = f"{self.prefix}-{len(self.shards):05d}.parquet"
             self._tmp = self.out_dir / f".{name}.tmp"
             self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
         table = pa.concat_tables(self._buffer)
-        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
-        self._buffer, self._buffered = [], 0
+        # Row groups of a fixed size keep a reader's memory bounded whatever the callers wrote.
+        self._writer.write_table(table.slice(0, n), row_group_size=self.row_group_rows)
+        rest = table.slice(n)
+        self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
     def _finish_shard(self) -> None:
-        self._flush_buffer()
+        self._flush_buffer(shard_end=True)
         if self._writer is None:
             return
         self._writer.close()

@@ -47,8 +47,14 @@ from tasks.curation.balancing import (
     t_for_tail_share,
     tail_share,
 )
+from tasks.curation.clip_score import CLIP_SCORE_REASONS
+from tasks.curation.dedup import EXACT_DEDUP_REASONS
+from tasks.curation.filters import FILTER_REASONS
+from tasks.curation.language import LANGUAGE_REASONS
 from tasks.curation.matching import EntryMatcher
 from tasks.curation.metadata import CaptionSample, build_metadata, mine_bigrams, write_metadata
+from tasks.curation.model_steps import run_model_steps
+from tasks.curation.near_dup import NEAR_DUP_REASONS
 from tasks.curation.pool_reader import read_inputs
 from tasks.curation.pool_steps import (
     PoolState,
@@ -60,6 +66,7 @@ from tasks.curation.pool_steps import (
 )
 from tasks.curation.report import build_pool_report, write_entry_count_plot
 from tasks.curation.row_state import STATE_SCHEMA, check_splits, chunk_state, optional_module
+from tasks.curation.semdedup import SEMDEDUP_REASONS
 from tasks.curation.shard_output import KeptRowWriter
 from tasks.pair_table import QUARANTINE_SCHEMA
 from tasks.params import CurateParams
@@ -87,16 +94,15 @@ BALANCE_SCHEMA = pa.schema(
     ]
 )
 
-# Reason codes of the streamed steps (the basic filters' are tasks.curation.filters').
+# Every reason code a filtered row can carry, in step order (each module declares its own).
 CURATE_REASONS = {
-    "caption_language": "the caption's detected language is not in curate.language_allowed",
+    **FILTER_REASONS,
+    **LANGUAGE_REASONS,
     "duplicate_id": "an earlier row of the pool has the same id",
-    "eval_copy": "the train image is byte-identical to an eval image",
-    "eval_near_copy": "the train image is within curate.eval_near_copy_distance of an eval image",
-    "exact_duplicate": "another train row with a smaller id has the same image sha256",
-    "near_duplicate": "a kept train image is within curate.near_dup_max_distance pHash bits",
-    "semantic_duplicate": "SemDeDup: cosine > 1 - epsilon to a kept pair in its k-means cluster",
-    "low_clip_score": "image-text cosine under score_model below the threshold / top fraction",
+    **EXACT_DEDUP_REASONS,
+    **NEAR_DUP_REASONS,
+    **SEMDEDUP_REASONS,
+    **CLIP_SCORE_REASONS,
     "no_entry_match": "the caption matches no metadata entry (MetaCLIP drops it)",
     "balanced_out": "dropped by MetaCLIP balancing: every matched entry is over threshold t",
 }
@@ -186,10 +192,23 @@ def _load_state(work: Path) -> tuple[PoolState, pa.ChunkedArray]:
         sha256=table.column("sha256").to_numpy(zero_copy_only=False).astype(object),
         phash=phash.fill_null(0).to_numpy().astype(np.uint64),
         has_phash=phash.is_valid().to_numpy(zero_copy_only=False),
+        thumbnails=_thumbnails(table.column("thumbnail")),
         reason=table.column("reason").to_numpy(zero_copy_only=False).astype(object),
         detail=table.column("detail").to_numpy(zero_copy_only=False).astype(object),
     )
     return state, table.column("entries")
+
+
+def _thumbnails(column: pa.ChunkedArray) -> np.ndarray:
+    """The fixed-size thumbnail column as uint8 [N, 8, 8, 3] (zeros where null)."""
+    width = column.type.byte_width
+    parts = []
+    for chunk in column.chunks:
+        data = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)
+        part = data[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width)
+        parts.append(np.where(chunk.is_valid().to_numpy(zero_copy_only=False)[:, None], part, 0))
+    flat = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint8)
+    return flat.astype(np.uint8).reshape(-1, 8, 8, 3)
 
 
 def _flat(entries: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -305,6 +324,22 @@ def _write_kept(
         )
 
 
+def _load_scoring_model(
+    params: CurateParams, root: Path, registry_url: str | None, artifacts_uri: str, device: str
+) -> Any:
+    """The score model (imports torch only when a model step runs)."""
+    from tasks.curation.scoring_model import load_scoring_model
+    from tasks.device import pick_device
+
+    return load_scoring_model(
+        str(params.score_model),
+        root,
+        registry_url or "sqlite:///store/registry.db",
+        artifacts_uri=artifacts_uri,
+        device=str(pick_device(device)),
+    )
+
+
 def curate_pool(
     inputs: Sequence[Path],
     out_dir: Path,
@@ -316,13 +351,16 @@ def curate_pool(
     prior_quarantine: pd.DataFrame | None = None,
     plot_paths: tuple[Path, Path] | None = None,
     registry_url: str | None = None,
+    artifacts_uri: str = "store/artifacts",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Curate the pool `inputs` into `out_dir`; return the report (identity checked).
 
     `prior_quarantine` (QUARANTINE_SCHEMA rows, e.g. ingest's) counts in rows_in.
     `pair_table`: the pipeline's pair table (ids kept); its kept rows go to `curated_table`.
-    `plot_paths`: (CSV, PNG) of the head/tail entry-count figure. `registry_url` resolves a
-    `score_model` of "production".
+    `plot_paths`: (CSV, PNG) of the head/tail entry-count figure. `registry_url` and
+    `artifacts_uri` resolve a `score_model` of "production"; `device` ("auto", "cpu",
+    "cuda") runs it.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -352,7 +390,7 @@ def curate_pool(
         if steps["language"] is not None
         else "not available: tasks.curation.language is not installed"
     )
-    state.steps["phash"] = (
+    state.steps["image_signatures"] = (
         "ran" if steps["image_hash"] is not None else "not available: tasks.curation.image_hash"
     )
     remove_duplicate_ids(state)
@@ -360,7 +398,13 @@ def curate_pool(
     remove_eval_near_copies(state, config, steps["near_dup"])
     remove_exact_duplicates(state, config)
     remove_near_duplicates(state, config, steps["near_dup"])
-    _model_steps(state, config)
+    model_summary = run_model_steps(
+        state,
+        config,
+        lambda: read_inputs(pair_table, inputs, config.chunk_rows, config.max_member_bytes),
+        lambda: _load_scoring_model(config, Path(root), registry_url, artifacts_uri, device),
+        work,
+    )
     balance = _balance(state, entries_col, entries, config, out_dir / "balance.parquet")
     timings["global_steps_s"] = time.perf_counter() - mark
 
@@ -399,6 +443,7 @@ def curate_pool(
         examples=state.examples,
         params=config,
         metadata_info=metadata_info,
+        model_summary=model_summary,
         inputs=[str(p) for p in ([pair_table] if pair_table else []) + inputs],
         timings={k: round(v, 3) for k, v in timings.items()},
     )
@@ -408,13 +453,3 @@ def curate_pool(
         )
     shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def _model_steps(state: PoolState, params: CurateParams) -> None:
-    """SemDeDup and the CLIP-score filter need a model's embeddings; skipped without one."""
-    if params.score_model is None:
-        state.steps["semantic_duplicate"] = "skipped: no score_model"
-        state.steps["low_clip_score"] = "skipped: no score_model"
-        return
-    state.steps["semantic_duplicate"] = "not available in this build"
-    state.steps["low_clip_score"] = "not available in this build"

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -40,6 +41,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # A valid tar ends with two 512-byte zero blocks (then zero padding to its record size).
 _END_OF_ARCHIVE_BYTES = 1024
 _TAIL_READ = 1 << 16
+_DRIVE = re.compile(r"^[A-Za-z]:")
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
@@ -75,7 +77,7 @@ def unsafe_member_name(name: str) -> str | None:
     if not name or "\x00" in name:
         return "empty name or NUL byte"
     parts = name.replace("\\", "/").split("/")
-    if PurePosixPath(name).is_absolute() or name.startswith("\\") or (":" in parts[0]):
+    if not parts[0] or _DRIVE.match(parts[0]):  # "/etc/x", "\\x", "C:/x", "c:x"
         return "absolute path"
     if ".." in parts:
         return "'..' component"
