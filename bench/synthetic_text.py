@@ -48,20 +48,25 @@ def english_frequencies() -> tuple[list[str], np.ndarray]:
     return words, freq / freq.sum()
 
 
-def metaclip_like_entries(num_entries: int, seed: int = 0, bigram_pool: int = 20_000) -> list[str]:
-    """At least `num_entries` distinct entries (fewer only if asked for fewer than the words).
+def metaclip_like_entries(
+    num_entries: int, seed: int = 0, max_words: int | None = None, bigram_pool: int = 20_000
+) -> list[str]:
+    """Exactly `num_entries` distinct entries.
 
-    Order: numbers, wordfreq's top-N English words, then frequency-drawn bigrams over the
-    `bigram_pool` most frequent words (seeded), as many as needed to reach `num_entries`.
+    Order: numbers, wordfreq's top-N English words (at most `max_words`), then bigrams of
+    the `bigram_pool` most frequent words drawn by frequency (seeded), as many as needed.
     """
     from wordfreq import top_n_list
 
     entries = dict.fromkeys(str(i) for i in range(100))
-    for word in top_n_list("en", max(num_entries, 1_000_000)):
+    for word in top_n_list("en", max_words if max_words is not None else 1_000_000):
         if len(entries) >= num_entries:
             break
         entries.setdefault(word)
     words, freq = english_frequencies()
+    bigram_pool = min(bigram_pool, len(words))
+    if num_entries - len(entries) > bigram_pool * (bigram_pool - 1) // 2:
+        raise ValueError(f"{num_entries} entries: more than the bigrams of {bigram_pool} words")
     head = words[:bigram_pool]
     cdf = np.cumsum(freq[:bigram_pool])
     rng = np.random.default_rng(seed)
@@ -70,7 +75,7 @@ def metaclip_like_entries(num_entries: int, seed: int = 0, bigram_pool: int = 20
         for a, b in zip(*np.minimum(draws, bigram_pool - 1).tolist(), strict=True):
             if a != b:
                 entries.setdefault(f"{head[a]} {head[b]}")
-    return list(entries)[:num_entries] if len(entries) > num_entries else list(entries)
+    return list(entries)[:num_entries]
 
 
 class CaptionGenerator:

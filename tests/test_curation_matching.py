@@ -17,9 +17,10 @@ from tasks.curation.matching import (
 from tasks.errors import StageError
 
 # A small alphabet so that matches are frequent: letters in both cases, the characters
-# spacing() treats specially, the batch path's first separator candidates (\x00, \x01),
-# and unicode whose lowercase is special: final sigma, dotted I (lowercases to 2 chars), ß.
-ALPHABET = "abAB  ,.;:?!`\t\n\r\x00\x01éΣσİß"
+# spacing() treats specially, the batch paths' separators (\x00, \x01; U+00FF whose
+# UTF-8 is not the byte 0xFF), unicode whose lowercase is special (final sigma, dotted I
+# which lowercases to 2 chars, ß), and lone surrogates (UTF-8 cannot encode them strictly).
+ALPHABET = "abAB  ,.;:?!`\t\n\r\x00\x01ÿéΣσİß\ud800\udcff"
 TEXT = st.text(alphabet=ALPHABET, max_size=30)
 ENTRY = st.text(alphabet=ALPHABET, max_size=5)
 
@@ -60,9 +61,13 @@ def test_every_path_agrees_with_the_naive_loop(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None)
-@given(captions=st.lists(st.text(max_size=40), max_size=4), lower=st.booleans())
+@given(
+    captions=st.lists(st.text(st.characters(exclude_categories=[]), max_size=40), max_size=4),
+    lower=st.booleans(),
+)
 def test_agrees_on_arbitrary_unicode(backend: str, captions: list[str], lower: bool) -> None:
-    # entries cut from the captions themselves, so arbitrary text still produces matches
+    # any code point, surrogates included; entries cut from the captions themselves, so
+    # arbitrary text still produces matches
     entries = sorted({w for c in captions for w in spacing(c).split(" ")} | {"", " "})
     assert_agrees(entries, captions, lower, backend)
 
@@ -110,7 +115,7 @@ def test_lowercase_option(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_entries_using_every_control_character_still_batch_correctly(backend: str) -> None:
-    # the separator must then come from beyond the control characters
+    # pyahocorasick's separator must then come from beyond the control characters
     entries = [chr(c) for c in range(32)] + ["a"]
     captions = ["a \x00 a", "\x1f a", "a"]
     assert_agrees(entries, captions, lower=False, backend=backend)

@@ -6,9 +6,10 @@ MetaCLIP's `substr_matching.py` (`naive_match` below is that loop, kept as the r
 overlapping matches (MetaCLIP counts "red", "cat" and "red cat" in "a red cat").
 
 The batch path (`match_batch`, `match_csr`) joins a chunk of spaced captions into one string
-with a separator character that occurs in no key, so no match can span two captions, makes
-one automaton call for the chunk, and turns the matches into flat arrays (`MatchedEntries`:
-CSR offsets + entry ids) with numpy, without a Python object per caption.
+with a separator that occurs in no key (the byte 0xFF for the UTF-8 automaton, an unused
+character for the str one), so no match can span two captions, makes one automaton call for
+the chunk, and turns the matches into flat arrays (`MatchedEntries`: CSR offsets + entry
+ids) with numpy, without a Python object per caption.
 
 Backends: ahocorasick-rs (default; measured faster and smaller, see bench/README.md) and
 pyahocorasick. Both give identical results; the property test checks each against the loop.
@@ -100,27 +101,49 @@ class MatchedEntries:
         return cls(offsets.astype(np.int64), np.concatenate([p.entry_ids for p in parts]))
 
 
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (from a badly decoded caption) encodes too; the
+    # encoding stays one code point -> one byte sequence, so byte matches are char matches
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _caption_of(ends: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Caption index of each match end, for texts of `lengths` joined by a 1-unit separator."""
+    starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
+    return np.searchsorted(starts, ends, side="right") - 1
+
+
 class _RustAutomaton:
-    """ahocorasick-rs: a Rust automaton; overlapping search reports every key occurrence."""
+    """ahocorasick-rs over UTF-8 bytes; overlapping search reports every key occurrence.
+
+    Captions are joined with the byte 0xFF, which never occurs in UTF-8, so in no key.
+    """
 
     def __init__(self, keys: list[str]) -> None:
         import ahocorasick_rs
 
-        self._automaton = ahocorasick_rs.AhoCorasick(
-            keys, matchkind=ahocorasick_rs.MATCHKIND_STANDARD
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(
+            [_utf8(k) for k in keys], matchkind=ahocorasick_rs.MATCHKIND_STANDARD
         )
 
     def key_ids(self, text: str) -> Iterable[int]:
-        return (k for k, _start, _end in self._automaton.find_matches_as_indexes(text, True))
+        found = self._automaton.find_matches_as_indexes(_utf8(text), True)
+        return (k for k, _start, _end in found)
 
-    def find(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        found = self._automaton.find_matches_as_indexes(text, True)
+    def find(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(key id, caption index) of every match in `texts`."""
+        encoded = [_utf8(t) for t in texts]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        found = self._automaton.find_matches_as_indexes(b"\xff".join(encoded), True)
         flat = np.fromiter(itertools.chain.from_iterable(found), np.int64, 3 * len(found))
-        return flat[0::3], flat[2::3]  # key ids, end positions (exclusive)
+        return flat[0::3], _caption_of(flat[2::3], lengths)
 
 
 class _PythonCAutomaton:
-    """pyahocorasick: a C automaton; `iter` (not `iter_long`) reports every key occurrence."""
+    """pyahocorasick over str; `iter` (not `iter_long`) reports every key occurrence.
+
+    Captions are joined with a character that occurs in no key, so no match spans two.
+    """
 
     def __init__(self, keys: list[str]) -> None:
         import ahocorasick
@@ -129,14 +152,17 @@ class _PythonCAutomaton:
         for key_id, key in enumerate(keys):
             self._automaton.add_word(key, key_id)
         self._automaton.make_automaton()
+        self._separator = _separator(keys)
 
     def key_ids(self, text: str) -> Iterable[int]:
         return (k for _end, k in self._automaton.iter(text))
 
-    def find(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        found = list(self._automaton.iter(text))
+    def find(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(key id, caption index) of every match in `texts`."""
+        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        found = list(self._automaton.iter(self._separator.join(texts)))
         flat = np.fromiter(itertools.chain.from_iterable(found), np.int64, 2 * len(found))
-        return flat[1::2], flat[0::2] + 1  # key ids, end positions (iter's end is inclusive)
+        return flat[1::2], _caption_of(flat[0::2], lengths)  # iter's end is inclusive
 
 
 def _separator(keys: Iterable[str]) -> str:
@@ -176,7 +202,6 @@ class EntryMatcher:
         self._key_entries = order.astype(np.int32)
         self._key_offsets = np.searchsorted(key_per_entry[order], np.arange(len(keys) + 1))
         self._unique = len(keys) == len(self.entries)
-        self._separator = _separator(keys)
         self._automaton: _RustAutomaton | _PythonCAutomaton | None = None
         if keys:
             automaton_cls = _RustAutomaton if backend == "ahocorasick_rs" else _PythonCAutomaton
@@ -211,12 +236,7 @@ class EntryMatcher:
         if self._automaton is None or not captions:
             offsets = np.zeros(len(captions) + 1, dtype=np.int64)
             return MatchedEntries(offsets, np.zeros(0, dtype=np.int32))
-        texts = [self._text(c) for c in captions]
-        # caption i occupies [starts[i], starts[i] + len) of the joined string
-        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
-        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
-        key_ids, ends = self._automaton.find(self._separator.join(texts))
-        caption_of_match = np.searchsorted(starts, ends, side="right") - 1
+        key_ids, caption_of_match = self._automaton.find([self._text(c) for c in captions])
         source, entry_ids = self._entries_of_keys(key_ids)
         # sorting puts the pairs in (caption, entry) order; then drop repeats within a caption.
         # Stable sort: the codes arrive in caption order already, and timsort uses those runs.
@@ -244,5 +264,5 @@ class EntryMatcher:
         )
 
     def match_all(self, captions: Sequence[str], progress: bool = False) -> list[list[int]]:
-        """`match` over many captions (with a progress bar when asked)."""
+        """`[match(c) for c in captions]`, computed by the batch path (progress bar on request)."""
         return self.match_csr(list(captions), progress=progress).to_lists()
