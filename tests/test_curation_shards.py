@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.curation.pool_fixtures import (
     HOSTILE_KINDS,
@@ -21,6 +23,7 @@ from tasks.curation.pool_fixtures import (
     write_hostile_tar,
     write_tar_shards,
 )
+from tasks.curation.pool_rows import SeenIds
 from tasks.curation.pool_schema import POOL_SCHEMA
 from tasks.curation.shard_writer import MANIFEST_NAME, read_manifest
 from tasks.curation.shards import PoolChunk, ShardWriter, expand_inputs, iter_pool
@@ -367,3 +370,27 @@ def test_fixture_shards_are_deterministic(tmp_path: Path) -> None:
         pq.read_table(a[0].with_suffix(".parquet"))["sha256"].to_numpy(zero_copy_only=False),
         pq.read_table(b[0].with_suffix(".parquet"))["sha256"].to_numpy(zero_copy_only=False),
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=3), max_size=40), max_size=30))
+def test_seen_ids_matches_a_set(batches: list[list[str]]) -> None:
+    seen, reference = SeenIds(), set()
+    for batch in batches:
+        expected = []
+        for value in batch:
+            expected.append(value in reference)
+            reference.add(value)
+        assert seen.add(batch).tolist() == expected
+    assert len(seen) == len(reference)
+
+
+def test_ids_repeated_across_pool_files_are_quarantined(tmp_path: Path) -> None:
+    path = write_caption_table(tmp_path / "c.parquet", 10, seed=13)
+    rows = pa.concat_tables([c.rows for c in iter_pool(path)])
+    with ShardWriter(tmp_path / "out", rows_per_shard=6) as writer:
+        writer.write(rows)
+        writer.write(rows.slice(8))  # rows 8 and 9 again, in the second shard
+    _, again, quarantine = _read_all(tmp_path / "out")
+    assert again.column("id").to_pylist() == rows.column("id").to_pylist()
+    assert _reasons(quarantine) == {"c/000000008": "duplicate_id", "c/000000009": "duplicate_id"}

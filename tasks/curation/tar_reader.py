@@ -34,7 +34,6 @@ from tasks.curation.pool_rows import (
     check_caption,
     probe_image,
 )
-from tasks.sources.image_checks import ImageRejected
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # preference order when a sample has several
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -292,7 +291,7 @@ class _TarShardReader:
         """The sample as one pool row, or one quarantine row with its reason."""
         try:
             row = self._build_row(sample)
-        except (ImageRejected, SampleRejected) as exc:
+        except SampleRejected as exc:
             sample.reject(exc.reason, exc.detail)
         if sample.reason is not None:
             yield from self._quarantine(self._id(sample.key), sample.reason, sample.detail)
@@ -311,14 +310,14 @@ class _TarShardReader:
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.members), None)
         if image_ext is None:
             found = sorted([*sample.members, *sample.other_extensions])
-            raise ImageRejected("image_missing", f"no image member (found: {found})")
+            raise SampleRejected("image_missing", f"no image member (found: {found})")
         caption = check_caption(self._caption_value(sample, meta, side))
         data = sample.members[image_ext]
         width, height = probe_image(data)
         digest = hashlib.sha256(data).hexdigest()
         expected = meta.get("sha256") or (side.sha256 if side is not None else None)
         if isinstance(expected, str) and expected and expected.lower() != digest:
-            raise ImageRejected(
+            raise SampleRejected(
                 "sha256_mismatch", f"{sample.key}.{image_ext}: sha256 {digest} != {expected}"
             )
         label = meta.get("label")
