@@ -116,20 +116,25 @@ class SeenIds:
     def add(self, ids: list[str]) -> np.ndarray:
         """Record `ids`; True where an id was seen before (earlier in `ids` or in a call before)."""
         hashes = np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids))
-        repeat = np.zeros(len(ids), dtype=bool)
-        for run in self._runs:
-            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            repeat |= run[at] == hashes
         order = np.argsort(hashes, kind="stable")  # stable: the first of equal ids is kept
-        ordered = hashes[order]
-        repeat[order[1:][ordered[1:] == ordered[:-1]]] = True
-        fresh = np.unique(hashes[~repeat])
+        ordered = hashes[order]  # sorted needles make the binary searches cache-friendly
+        repeat_sorted = np.zeros(len(ids), dtype=bool)
+        repeat_sorted[1:] = ordered[1:] == ordered[:-1]
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
+            repeat_sorted |= run[at] == ordered
+        repeat = np.empty(len(ids), dtype=bool)
+        repeat[order] = repeat_sorted
+        fresh = ordered[~repeat_sorted]  # sorted, unique, in no run yet
         if len(fresh):
             self._runs.append(fresh)
-        # Merge runs of similar size so there are O(log n) of them.
-        while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+        # Merge like a binary counter: runs halve in size down the list, so there are
+        # O(log n) of them and each hash is merged O(log n) times.
+        while len(self._runs) > 1 and len(self._runs[-2]) <= len(self._runs[-1]):
             last = self._runs.pop()
-            self._runs[-1] = np.union1d(self._runs[-1], last)
+            merged = np.concatenate([self._runs[-1], last])
+            merged.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+            self._runs[-1] = merged
         return repeat
 
 

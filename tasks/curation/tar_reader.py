@@ -40,6 +40,16 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # A valid tar ends with two 512-byte zero blocks (then zero padding to its record size).
 _END_OF_ARCHIVE_BYTES = 1024
 _TAIL_READ = 1 << 16
+# Pax and GNU long-name headers are metadata that tarfile reads into memory whole; real ones
+# are bytes to kilobytes. A bigger one is refused before tarfile allocates it.
+MAX_EXTENDED_HEADER_BYTES = 1 << 20
+_EXTENDED_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
@@ -81,6 +91,22 @@ def unsafe_member_name(name: str) -> str | None:
     if ".." in parts:
         return "'..' component"
     return None
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header above MAX_EXTENDED_HEADER_BYTES.
+
+    tarfile would read it whole (up to the size of the file); the ReadError raised instead
+    ends the shard as damaged from this header on.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise tarfile.ReadError(
+                f"extended header of {self.size} bytes at byte {self.offset} is above "
+                f"{MAX_EXTENDED_HEADER_BYTES}"
+            )
+        return super()._proc_member(tarfile_)
 
 
 @dataclass
@@ -204,7 +230,10 @@ class _TarShardReader:
             with self.path.open("rb") as raw:
                 compressed = _is_compressed(raw)
                 try:
-                    tar = tarfile.open(fileobj=raw, mode="r|*")  # noqa: SIM115 (closed below)
+                    # Closed by the `with tar` below; opened here to tell "not a tar" apart.
+                    tar = tarfile.open(  # noqa: SIM115
+                        fileobj=raw, mode="r|*", tarinfo=_BoundedTarInfo
+                    )
                 except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                     detail = f"not a readable tar archive: {type(exc).__name__}: {exc}"
                     return "shard_unreadable", 0, detail
