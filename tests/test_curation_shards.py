@@ -227,12 +227,15 @@ def test_parquet_caption_columns_of_other_types(tmp_path: Path) -> None:
         tmp_path / "binary.parquet",
     )
     pq.write_table(pa.table({"caption": [1, 2]}), tmp_path / "numbers.parquet")
+    encoded = pa.array(["a cat", None, " a cat "]).dictionary_encode()
+    pq.write_table(pa.table({"caption": encoded}), tmp_path / "dictionary.parquet")
     _, rows, quarantine = _read_all(tmp_path)
-    assert rows.column("id").to_pylist() == ["binary/0"]
-    assert rows.column("caption").to_pylist() == ["a fox"]
+    assert rows.column("id").to_pylist() == ["binary/0", "dictionary/0", "dictionary/2"]
+    assert rows.column("caption").to_pylist() == ["a fox", "a cat", "a cat"]
     assert quarantine.column("reason").to_pylist() == [
         "caption_not_utf8",
         "caption_empty",
+        "caption_missing",
         "caption_not_text",
         "caption_not_text",
     ]

@@ -60,6 +60,8 @@ def _caption_problems(column: pa.Array) -> tuple[pa.Array, dict[int, tuple[str, 
     String columns are checked with Arrow compute (the common, fast path); binary columns
     are decoded row by row (strict UTF-8); any other type rejects every row.
     """
+    if pa.types.is_dictionary(column.type):  # dictionary-encoded text (common for labels)
+        column = column.dictionary_decode()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
         missing = pc.is_null(text)
