@@ -270,7 +270,7 @@ class _TarShardReader:
         size = self.path.stat().st_size
         where = f" (from sample {current.key!r})" if current is not None else ""
         unread = sum(1 for key in self.sidecar if key not in self.seen)
-        listed = f"; the sidecar lists {unread} samples not reached" if self.sidecar else ""
+        listed = f"; {unread} sidecar keys were not reached" if self.sidecar else ""
         return (
             f"tar damaged ({problem}): the rest of the shard from byte {start}{where} of "
             f"{size} was not read{listed}; samples before it are kept"
