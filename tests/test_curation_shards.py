@@ -327,7 +327,12 @@ def test_shard_writer_rolls_over_atomically(tmp_path: Path) -> None:
 
 
 def _bounded_read(pool: Path, chunk_rows: int) -> tuple[int, int, int]:
-    """(rows, largest chunk, tracemalloc peak bytes) of one pass over `pool`."""
+    """(rows, largest chunk, tracemalloc peak bytes) of one pass over `pool`.
+
+    A first chunk is read before tracing starts, so that one-off lazy imports (PIL plugins,
+    Arrow kernels) do not count as reading memory.
+    """
+    next(iter_pool(pool, chunk_rows=chunk_rows))
     tracemalloc.start()
     try:
         n, largest = 0, 0
@@ -348,11 +353,12 @@ def _content_bytes(pool: Path) -> int:
 
 def test_memory_stays_bounded_by_the_chunk(tmp_path: Path) -> None:
     pool = tmp_path / "pool"
-    write_tar_shards(pool, 2, 400, seed=10, image_size=256, distinct_images=16, sidecar=False)
+    write_tar_shards(pool, 2, 300, seed=10, image_size=256, distinct_images=16, sidecar=False)
     total = _content_bytes(pool)
     n, largest, peak = _bounded_read(pool, chunk_rows=20)
-    assert n == 800 and largest == 20
-    assert peak < total / 8, (peak, total)
+    assert n == 600 and largest == 20
+    # Peak ~0.25 MB whatever the pool size (0.27 MB for twice this pool); content 2.5 MB.
+    assert peak < total / 5, (peak, total)
 
 
 @pytest.mark.slow
