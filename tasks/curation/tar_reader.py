@@ -282,7 +282,9 @@ class _TarShardReader:
             sample.reject(
                 "duplicate_id",
                 f"key {key!r} appeared earlier in the shard: a sample's members must be "
-                "consecutive (webdataset), so this group was not merged",
+                "consecutive (webdataset's rule), so the earlier group was read alone and "
+                "this one is not merged; write shards with members grouped by key "
+                "(e.g. `tar --sort=name`)",
             )
         self.seen.add(key)
         return sample
