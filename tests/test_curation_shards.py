@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -403,3 +405,27 @@ def test_ids_repeated_across_pool_files_are_quarantined(tmp_path: Path) -> None:
     _, again, quarantine = _read_all(tmp_path / "out")
     assert again.column("id").to_pylist() == rows.column("id").to_pylist()
     assert _reasons(quarantine) == {"c/000000008": "duplicate_id", "c/000000009": "duplicate_id"}
+
+
+def test_gzipped_shard_and_dot_slash_names_read_the_same(tmp_path: Path) -> None:
+    (shard,) = write_tar_shards(tmp_path / "plain", 1, 8, seed=14)
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    (gz / "00000.tar.gz").write_bytes(gzip.compress(shard.read_bytes(), mtime=0))
+    (gz / "00000.parquet").write_bytes(shard.with_suffix(".parquet").read_bytes())
+    # `tar --sort=name -C dir .` style: a "./" directory entry and "./"-prefixed members.
+    dotted = tmp_path / "dotted" / "00000.tar"
+    dotted.parent.mkdir()
+    with tarfile.open(shard) as src, tarfile.open(dotted, "w") as dst:
+        top = tarfile.TarInfo(".")
+        top.type = tarfile.DIRTYPE
+        dst.addfile(top)
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            member.name = f"./{member.name}"
+            dst.addfile(member, io.BytesIO(data))
+    _, plain, _ = _read_all(shard)
+    for other in (gz, dotted):
+        _, rows, quarantine = _read_all(other)
+        assert quarantine.num_rows == 0
+        assert rows.drop_columns(["shard"]).equals(plain.drop_columns(["shard"]))
