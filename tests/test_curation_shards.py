@@ -429,3 +429,42 @@ def test_gzipped_shard_and_dot_slash_names_read_the_same(tmp_path: Path) -> None
         _, rows, quarantine = _read_all(other)
         assert quarantine.num_rows == 0
         assert rows.drop_columns(["shard"]).equals(plain.drop_columns(["shard"]))
+
+
+def test_scattered_samples_are_regrouped_in_plain_tars_and_quarantined_in_gzipped_ones(
+    tmp_path: Path,
+) -> None:
+    (shard,) = write_tar_shards(tmp_path / "sorted", 1, 12, seed=15, sidecar=False)
+    _, ordered, _ = _read_all(shard)
+    with tarfile.open(shard) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    # Directory order, as `tar cf shard.tar folder/` writes: a sample's members apart.
+    order = np.random.default_rng(0).permutation(len(members))
+    scattered = tmp_path / "scattered" / "00000.tar"
+    scattered.parent.mkdir()
+    with tarfile.open(scattered, "w") as dst:
+        for i in order:
+            dst.addfile(members[i][0], io.BytesIO(members[i][1]))
+    _, rows, quarantine = _read_all(scattered)
+    assert quarantine.num_rows == 0
+    assert sorted(rows.to_pylist(), key=str) == sorted(ordered.to_pylist(), key=str)
+
+    # Compressed shards can only be streamed: scattered members are quarantined, with advice.
+    gz = tmp_path / "gz" / "00000.tar.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(scattered.read_bytes(), mtime=0))
+    _, rows, quarantine = _read_all(gz)
+    assert rows.num_rows < 12 and quarantine.num_rows > 0
+    assert "duplicate_id" in quarantine.column("reason").to_pylist()
+    assert any("--sort=name" in d for d in quarantine.column("detail").to_pylist())
+
+
+def test_a_repeated_key_keeps_its_first_sample_when_streamed_too(tmp_path: Path) -> None:
+    case = write_hostile_tar(tmp_path / "dup.tar", "duplicate_key")
+    gz = tmp_path / "gz" / "dup.tar.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(case.path.read_bytes(), mtime=0))
+    for path in (case.path, gz):  # indexed (plain tar) and streamed (gzip) readers agree
+        _, rows, quarantine = _read_all(path)
+        assert rows.column("id").to_pylist() == [f"dup/{k}" for k in case.good_keys]
+        assert _reasons(quarantine) == {case.hostile_row: "duplicate_id"}

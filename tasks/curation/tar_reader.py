@@ -163,6 +163,34 @@ def _is_compressed(raw) -> bool:
     return any(head.startswith(magic) for magic in _COMPRESSED_MAGIC)
 
 
+def _members_scattered(raw, limit: int = 256) -> bool:
+    """Whether a key recurs after another key among the first `limit` members.
+
+    Shards written by img2dataset, webdataset or `tar --sort=name` keep a sample's members
+    together; `tar cf` over a folder lists them in directory order, scattered. Damage
+    here is left for the reading pass to report.
+    """
+    seen: set[str] = set()
+    last = None
+    try:
+        with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
+            for _ in range(limit):
+                if (info := tar.next()) is None:
+                    break
+                key = split_member_name(info.name)[0]
+                if info.isdir() or key == last:
+                    continue
+                if key in seen:
+                    return True
+                seen.add(key)
+                last = key
+    except (tarfile.TarError, EOFError, OSError):
+        return False
+    finally:
+        raw.seek(0)
+    return False
+
+
 def _tail_problem(raw, end_offset: int) -> str | None:
     """Why the bytes after the last member are not a clean end-of-archive, or None.
 
@@ -223,47 +251,97 @@ class _TarShardReader:
         yield from self.builder.finish()
 
     def _read_members(self) -> Iterator[PoolChunk]:
-        """Stream the members; returns (reason, offset, detail) when damage stopped the reading."""
-        current: _Sample | None = None
+        """Read the members; returns (reason, offset, detail) when damage stopped the reading."""
         tar = None
         try:
             with self.path.open("rb") as raw:
                 compressed = _is_compressed(raw)
+                if not compressed and _members_scattered(raw):
+                    return (yield from self._read_indexed(raw))
                 try:
-                    # Closed by the `with tar` below; opened here to tell "not a tar" apart.
+                    # Closed by the `with tar` in _stream; opened here to tell "not a tar" apart.
                     tar = tarfile.open(  # noqa: SIM115
                         fileobj=raw, mode="r|*", tarinfo=_BoundedTarInfo
                     )
                 except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                     detail = f"not a readable tar archive: {type(exc).__name__}: {exc}"
                     return "shard_unreadable", 0, detail
-                with tar:
-                    while (info := tar.next()) is not None:
-                        # tarfile keeps every TarInfo it has read; one shard of 10k samples
-                        # would hold ~30k of them, so drop them as we go (stream mode never
-                        # looks back).
-                        tar.members.clear()
-                        if info.isdir():
-                            continue  # a directory entry carries no sample data
-                        key, extension = split_member_name(info.name)
-                        if current is None or key != current.key:
-                            if current is not None:
-                                yield from self._emit(current)
-                            current = self._start_sample(key, info.offset)
-                        self._add_member(tar, current, info, extension)
-                    if not compressed and (problem := _tail_problem(raw, tar.offset)):
-                        # The last group may have lost members to the damage: count it
-                        # with the unread rest rather than emit a partial sample.
-                        start = current.offset if current is not None else tar.offset
-                        return "tar_truncated", start, self._damage_detail(problem, current, start)
+                return (yield from self._stream(tar, raw, compressed))
+        except OSError as exc:  # the file itself could not be opened or read
+            return "shard_unreadable", 0, f"could not read the shard: {exc}"
+
+    def _stream(self, tar: tarfile.TarFile, raw, compressed: bool) -> Iterator[PoolChunk]:
+        """One pass in stream mode, a sample at a time (the common, ordered case)."""
+        current: _Sample | None = None
+        try:
+            with tar:
+                while (info := tar.next()) is not None:
+                    # tarfile keeps every TarInfo it has read; one shard of 10k samples would
+                    # hold ~30k of them, so drop them as we go (stream mode never looks back).
+                    tar.members.clear()
+                    if info.isdir():
+                        continue  # a directory entry carries no sample data
+                    key, extension = split_member_name(info.name)
+                    if current is None or key != current.key:
+                        if current is not None:
+                            yield from self._emit(current)
+                        current = self._start_sample(key, info.offset)
+                    self._add_member(tar, current, info, extension)
+                if not compressed and (problem := _tail_problem(raw, tar.offset)):
+                    # The last group may have lost members to the damage: count it with
+                    # the unread rest rather than emit a partial sample.
+                    start = current.offset if current is not None else tar.offset
+                    return "tar_truncated", start, self._damage_detail(problem, current, start)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            if tar is None:  # the file itself could not be opened
-                return "shard_unreadable", 0, f"could not open the shard: {problem}"
             start = current.offset if current is not None else tar.offset
+            problem = f"{type(exc).__name__}: {exc}"
             return "tar_truncated", start, self._damage_detail(problem, current, start)
         if current is not None:
             yield from self._emit(current)
+        return None
+
+    def _read_indexed(self, raw) -> Iterator[PoolChunk]:
+        """Two passes for an uncompressed tar whose samples are scattered.
+
+        The first pass reads headers only and groups the members by key; the second reads
+        each sample's members by seeking. It costs one TarInfo per member of the shard.
+        """
+        groups: dict[str, list[tarfile.TarInfo]] = {}
+        extensions: dict[str, set[str]] = {}
+        repeated: dict[str, list[str]] = {}  # key -> member names met a second time
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo)  # noqa: SIM115
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            return "shard_unreadable", 0, f"not a readable tar archive: {exc}"
+        with tar:
+            try:
+                while (info := tar.next()) is not None:
+                    tar.members.clear()
+                    if info.isdir():
+                        continue
+                    key, extension = split_member_name(info.name)
+                    if extension in extensions.setdefault(key, set()):
+                        # A second sample under one key: the first is kept, as when streaming.
+                        repeated.setdefault(key, []).append(info.name)
+                        continue
+                    extensions[key].add(extension)
+                    groups.setdefault(key, []).append(info)
+                problem = _tail_problem(raw, tar.offset)
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            for key, members in groups.items():
+                sample = self._start_sample(key, members[0].offset)
+                for info in members:
+                    try:
+                        self._add_member(tar, sample, info, split_member_name(info.name)[1])
+                    except (tarfile.TarError, OSError) as exc:  # its data runs past the damage
+                        sample.reject("tar_truncated", f"member {info.name!r}: {exc}")
+                yield from self._emit(sample)
+        for key, names in repeated.items():
+            detail = f"key {key!r} has members {names} a second time in the shard; the first kept"
+            yield from self._quarantine(self._id(key), "duplicate_id", detail)
+        if problem:
+            return "tar_truncated", tar.offset, self._damage_detail(problem, None, tar.offset)
         return None
 
     def _damage_detail(self, problem: str, current: _Sample | None, start: int) -> str:
