@@ -9,9 +9,11 @@ and its failed downloads (status != "success") become quarantine rows.
 
 The tar is read with the stdlib `tarfile` in stream mode, member by member: nothing is ever
 extracted to disk, a member's bytes are read only after its type and size passed the checks,
-and memory holds one sample plus one chunk. Every sample (a key group) ends as exactly one
-pool row or one quarantine row; damage that stops reading (a truncated or corrupt tar) adds
-one row for the unread rest, naming its byte offset.
+and memory holds one sample plus one chunk. An uncompressed tar whose samples are
+scattered (`tar cf` over a folder) is read in two passes instead: headers grouped by key,
+then members by seeking. Every sample (a key group) ends as exactly one pool row or one
+quarantine row; damage that stops reading (a truncated or corrupt tar) adds one row for
+the unread rest, naming its byte offset.
 """
 
 from __future__ import annotations
