@@ -109,15 +109,19 @@ def _run_case(case: str, data: Path, chunk_rows: int) -> dict:
 
     _consume(case, data, chunk_rows, warm_up=True)
     base_rss = _reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     counts = _consume(case, data, chunk_rows)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak_rss = _peak_rss_mb()
     return {
         "case": case,
         **counts,
         "seconds": round(seconds, 3),
         "rows_per_s": round(counts["rows"] / seconds, 1),
+        # CPU time of the process: less sensitive than wall time to other load on the machine.
+        "cpu_seconds": round(cpu_seconds, 3),
+        "rows_per_cpu_s": round(counts["rows"] / cpu_seconds, 1),
         "peak_rss_mb": round(peak_rss, 1),
         "rss_growth_mb": round(peak_rss - base_rss, 1),
         "arrow_peak_mb": round(pa.default_memory_pool().max_memory() / 2**20, 1),
@@ -167,6 +171,7 @@ def _ratios(results: dict[str, dict], pool: str) -> dict[str, float]:
     peer = next(r for c, r in results.items() if CASES[c] == (pool, "peer"))
     return {
         "rows_per_s_ours_over_peer": round(ours["rows_per_s"] / peer["rows_per_s"], 3),
+        "rows_per_cpu_s_ours_over_peer": round(ours["rows_per_cpu_s"] / peer["rows_per_cpu_s"], 3),
         "rss_growth_ours_over_peer": round(
             max(ours["rss_growth_mb"], 0.1) / max(peer["rss_growth_mb"], 0.1), 3
         ),
@@ -214,16 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "ratios": {pool: _ratios(results, pool) for pool in ("tar", "captions")},
     }
-    header = f"{'case':<22}{'rows':>10}{'rows/s':>12}{'peak RSS MB':>13}{'RSS growth MB':>15}"
+    header = f"{'case':<22}{'rows':>10}{'rows/s':>12}{'rows/cpu-s':>12}{'peak RSS MB':>13}"
+    header += f"{'RSS growth MB':>15}"
     print(header + f"{'arrow peak MB':>15}")
     for case, r in results.items():
         print(
-            f"{case:<22}{r['rows']:>10}{r['rows_per_s']:>12.0f}{r['peak_rss_mb']:>13.1f}"
+            f"{case:<22}{r['rows']:>10}{r['rows_per_s']:>12.0f}{r['rows_per_cpu_s']:>12.0f}"
+            f"{r['peak_rss_mb']:>13.1f}"
             f"{r['rss_growth_mb']:>15.1f}{r['arrow_peak_mb']:>15.1f}"
         )
     for pool, ratio in report["ratios"].items():
         print(
             f"{pool}: ours/peer rows/s {ratio['rows_per_s_ours_over_peer']:.2f}, "
+            f"rows/cpu-s {ratio['rows_per_cpu_s_ours_over_peer']:.2f}, "
             f"RSS growth {ratio['rss_growth_ours_over_peer']:.2f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
