@@ -29,12 +29,12 @@ from tasks.curation.pool_rows import (
     ChunkBuilder,
     PoolChunk,
     SampleRejected,
+    SeenIds,
     check_caption,
     probe_image,
 )
 from tasks.curation.pool_schema import POOL_COLUMNS, POOL_SCHEMA
 from tasks.curation.tar_reader import shard_stem
-from tasks.sources.image_checks import ImageRejected
 
 _OPTIONAL = ("id", "key", "image", "sha256", "width", "height", "label", "source", "split")
 
@@ -60,6 +60,8 @@ def _caption_problems(column: pa.Array) -> tuple[pa.Array, dict[int, tuple[str, 
     String columns are checked with Arrow compute (the common, fast path); binary columns
     are decoded row by row (strict UTF-8); any other type rejects every row.
     """
+    if pa.types.is_dictionary(column.type):  # dictionary-encoded text (common for labels)
+        column = column.dictionary_decode()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
         missing = pc.is_null(text)
@@ -94,6 +96,7 @@ class _ParquetTableReader:
         split: str,
         with_images: bool,
         max_member_bytes: int,
+        seen_ids: SeenIds,
     ) -> None:
         self.path = path
         self.stem = shard_stem(path)
@@ -103,7 +106,7 @@ class _ParquetTableReader:
         self.with_images = with_images
         self.max_image_bytes = max_member_bytes
         self.builder = ChunkBuilder(path.name, chunk_rows)
-        self.seen_ids: set[str] = set()
+        self.seen_ids = seen_ids
         self.keeps_ids = False
         self.id_column: str | None = None
 
@@ -121,7 +124,11 @@ class _ParquetTableReader:
             return
         start = 0
         try:
-            for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
+            # One thread: with small batches the thread pool costs more than it saves (5x).
+            batches = parquet.iter_batches(
+                batch_size=self.chunk_rows, columns=columns, use_threads=False
+            )
+            for batch in batches:
                 yield from self._batch(pa.Table.from_batches([batch]), start)
                 start += batch.num_rows
         except _TableError as exc:
@@ -207,14 +214,15 @@ class _ParquetTableReader:
         return pc.fill_null(column, default)
 
     def _check_ids(self, ids: pa.Array, problems: dict[int, tuple[str, str]]) -> None:
-        """Null ids and ids seen before in this file are rejected (the first one is kept)."""
-        for i, value in enumerate(ids.to_pylist()):
-            if value is None:
-                problems.setdefault(i, ("id_missing", f"{self.id_column} is null"))
-            elif value in self.seen_ids:
-                problems.setdefault(i, ("duplicate_id", f"id {value!r} repeats an earlier row"))
-            elif i not in problems:
-                self.seen_ids.add(value)
+        """Null ids and ids used by an earlier row of the pool are rejected (the first is kept)."""
+        present = np.flatnonzero(pc.is_valid(ids).to_numpy(zero_copy_only=False))
+        if len(present) < len(ids):
+            for i in np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False)):
+                problems.setdefault(int(i), ("id_missing", f"{self.id_column} is null"))
+        values = ids.take(pa.array(present)).to_pylist()
+        for i in present[self.seen_ids.add(values)]:
+            detail = f"id {ids[int(i)].as_py()!r} repeats an earlier row of the pool"
+            problems.setdefault(int(i), ("duplicate_id", detail))
 
     def _image_fields(
         self, table: pa.Table, problems: dict[int, tuple[str, str]]
@@ -241,7 +249,7 @@ class _ParquetTableReader:
                 continue  # a text-only row, or already rejected: nothing to check
             try:
                 if len(data) > self.max_image_bytes:
-                    raise ImageRejected(
+                    raise SampleRejected(
                         "image_too_large",
                         f"{len(data)} bytes > max_member_bytes={self.max_image_bytes}",
                     )
@@ -249,10 +257,10 @@ class _ParquetTableReader:
                 sha256[i] = hashlib.sha256(data).hexdigest()
                 expected = given_sha[i]
                 if expected and expected.lower() != sha256[i]:
-                    raise ImageRejected(
+                    raise SampleRejected(
                         "sha256_mismatch", f"sha256 {sha256[i]} != given {expected}"
                     )
-            except ImageRejected as exc:
+            except SampleRejected as exc:
                 problems[i] = (exc.reason, exc.detail)
         if not self.with_images:
             column = pa.nulls(n, pa.binary())
@@ -285,8 +293,13 @@ def iter_parquet_table(
     source: str = "pool",
     split: str = "train",
     with_images: bool = True,
+    seen_ids: SeenIds | None = None,
 ) -> Iterator[PoolChunk]:
-    """Stream one Parquet pair table as PoolChunks (see the module docstring for the rules)."""
+    """Stream one Parquet pair table as PoolChunks (see the module docstring for the rules).
+
+    `seen_ids`, shared across the tables of a pool, finds ids repeated across files (a
+    table's ids are kept as they are when it is a pool written by ShardWriter).
+    """
     reader = _ParquetTableReader(
         Path(path),
         chunk_rows=chunk_rows,
@@ -294,5 +307,6 @@ def iter_parquet_table(
         split=split,
         with_images=with_images,
         max_member_bytes=max_member_bytes,
+        seen_ids=SeenIds() if seen_ids is None else seen_ids,
     )
     yield from reader.chunks()

@@ -233,6 +233,7 @@ HOSTILE_KINDS: dict[str, str] = {
     "image_missing": "image_missing",
     "duplicate_key": "duplicate_id",
     "metadata_invalid": "metadata_invalid",
+    "huge_extended_header": "tar_truncated",
 }
 
 
@@ -288,7 +289,7 @@ def write_hostile_tar(
     hostile_row = f"{path.stem}/{bad_key}"
     escape: list[Path] = []
     starts: list[int] = []  # byte offset of each sample's first header
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for i, (key, sample) in enumerate(zip(keys, samples, strict=True)):
             starts.append(tar.offset)
             if i != bad_at:
@@ -342,12 +343,20 @@ def write_hostile_tar(
             elif kind == "metadata_invalid":
                 _good(tar, key, sample)
                 _add_member(tar, f"{key}.json", b"{not json")
+            elif kind == "huge_extended_header":
+                # A pax header of 1.2 MB: tarfile alone would read it whole into memory.
+                info = tarfile.TarInfo(f"{key}.jpg")
+                info.size, info.mtime = len(sample.image), 0
+                info.pax_headers = {"comment": "x" * 1_200_000}
+                tar.addfile(info, io.BytesIO(sample.image))
+                _add_member(tar, f"{key}.txt", sample.caption.encode())
     good_keys = [k for i, k in enumerate(keys) if i != bad_at]
-    if kind in ("truncated", "corrupt_header"):
-        _damage(path, kind, starts[bad_at], seed)
+    if kind in ("truncated", "corrupt_header", "huge_extended_header"):
+        if kind != "huge_extended_header":
+            _damage(path, kind, starts[bad_at], seed)
         # Reading stops at the damage. A cut inside member data is seen there, so every
-        # earlier sample is kept; a corrupt header ends tarfile's iteration silently, so
-        # the sample before it may have lost members and is counted with the unread rest.
+        # earlier sample is kept; damage in a header is seen before the next key is known,
+        # so the sample before it may have lost members and is counted with the unread rest.
         kept = bad_at if kind == "truncated" else bad_at - 1
         good_keys = keys[:kept]
         hostile_row = f"{path.name}@{starts[kept]}"

@@ -14,12 +14,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFile
 
 from tasks.curation.pool_schema import POOL_SCHEMA
 from tasks.pair_table import QUARANTINE_SCHEMA
-from tasks.sources.image_checks import ImageRejected
 
 SPLITS = ("train", "eval")
 
@@ -69,10 +69,10 @@ def probe_image(data: bytes) -> tuple[int, int]:
     The header gives the size; PNG's `verify()` walks every chunk and checks its CRC; a
     JPEG is decoded at 1/8 scale (`draft`), which still parses the whole entropy-coded
     stream, so truncation is caught at a fraction of a full decode. Other formats
-    (WebP, GIF, ...) are decoded fully. Raises ImageRejected with a QUARANTINE_REASONS code.
+    (WebP, GIF, ...) are decoded fully. Raises SampleRejected with a QUARANTINE_REASONS code.
     """
     if not data:
-        raise ImageRejected("image_empty", "zero bytes")
+        raise SampleRejected("image_empty", "zero bytes")
     # PIL's global may have been set elsewhere; a truncated image must fail here, not be padded.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -88,12 +88,54 @@ def probe_image(data: bytes) -> tuple[int, int]:
                         img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                     img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("image_too_large", f"too many pixels: {exc}") from None
+        raise SampleRejected("image_too_large", f"too many pixels: {exc}") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageRejected("image_undecodable", f"{type(exc).__name__}: {exc}") from None
+        raise SampleRejected("image_undecodable", f"{type(exc).__name__}: {exc}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return size
+
+
+class SeenIds:
+    """The set of ids read so far, at about 8 bytes an id, to find repeats in a large pool.
+
+    A Python set of a million id strings takes ~100 MB; this keeps each id's 64-bit hash
+    in sorted numpy runs that merge as they grow (a log-structured set: lookups are one
+    binary search per run, inserts are amortised merges). Hashes are Python's own str hash,
+    stable within a process, which is all a single pass needs; two different ids share a
+    hash with probability ~n^2 / 2^65 (3e-8 for a million), which would quarantine one
+    valid row as a duplicate.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._runs)
+
+    def add(self, ids: list[str]) -> np.ndarray:
+        """Record `ids`; True where an id was seen before (earlier in `ids` or in a call before)."""
+        hashes = np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(hashes, kind="stable")  # stable: the first of equal ids is kept
+        ordered = hashes[order]  # sorted needles make the binary searches cache-friendly
+        repeat_sorted = np.zeros(len(ids), dtype=bool)
+        repeat_sorted[1:] = ordered[1:] == ordered[:-1]
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
+            repeat_sorted |= run[at] == ordered
+        repeat = np.empty(len(ids), dtype=bool)
+        repeat[order] = repeat_sorted
+        fresh = ordered[~repeat_sorted]  # sorted, unique, in no run yet
+        if len(fresh):
+            self._runs.append(fresh)
+        # Merge like a binary counter: runs halve in size down the list, so there are
+        # O(log n) of them and each hash is merged O(log n) times.
+        while len(self._runs) > 1 and len(self._runs[-2]) <= len(self._runs[-1]):
+            last = self._runs.pop()
+            merged = np.concatenate([self._runs[-1], last])
+            merged.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+            self._runs[-1] = merged
+        return repeat
 
 
 def empty_rows() -> pa.Table:

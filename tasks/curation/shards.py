@@ -4,8 +4,9 @@
 `*.tgz` and `*.parquet` files, sorted; an img2dataset sidecar `{shard}.parquet` beside
 `{shard}.tar` is read with its tar, not as a table of its own) and yields `PoolChunk`s:
 at most `chunk_rows` rows of one file in POOL_SCHEMA, with that file's quarantine rows.
-Files are read one at a time and chunk by chunk, so memory is bounded by `chunk_rows`
-(plus one id per row of the current file, kept to find duplicates), never by the pool.
+Files are read one at a time and chunk by chunk, so memory is bounded by `chunk_rows`,
+never by the pool, save for what finding repeated ids takes: a hash per Parquet row of the
+pool (8 bytes) and the keys of the current tar shard.
 `ShardWriter` writes the curated pool back as Parquet shards that `iter_pool` reads again.
 See docs/pool_shards.md for the formats and the quarantine reason codes.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tasks.curation.parquet_reader import iter_parquet_table
-from tasks.curation.pool_rows import PoolChunk
+from tasks.curation.pool_rows import PoolChunk, SeenIds
 from tasks.curation.shard_writer import ShardWriter, read_manifest
 from tasks.curation.tar_reader import TAR_SUFFIXES, iter_tar_shard, shard_stem, sidecar_path
 from tasks.errors import StageError
@@ -107,6 +108,9 @@ def iter_pool(
         split=split,
         with_images=with_images,
     )
+    seen_ids = SeenIds()  # ids of Parquet rows across the pool (8 bytes an id)
     for path in tqdm(files, desc="pool shards", unit="shard", disable=len(files) < 2):
-        reader = iter_tar_shard if _is_tar(path) else iter_parquet_table
-        yield from reader(path, **options)
+        if _is_tar(path):
+            yield from iter_tar_shard(path, **options)
+        else:
+            yield from iter_parquet_table(path, **options, seen_ids=seen_ids)

@@ -9,9 +9,11 @@ and its failed downloads (status != "success") become quarantine rows.
 
 The tar is read with the stdlib `tarfile` in stream mode, member by member: nothing is ever
 extracted to disk, a member's bytes are read only after its type and size passed the checks,
-and memory holds one sample plus one chunk. Every sample (a key group) ends as exactly one
-pool row or one quarantine row; damage that stops reading (a truncated or corrupt tar) adds
-one row for the unread rest, naming its byte offset.
+and memory holds one sample plus one chunk. An uncompressed tar whose samples are
+scattered (`tar cf` over a folder) is read in two passes instead: headers grouped by key,
+then members by seeking. Every sample (a key group) ends as exactly one pool row or one
+quarantine row; damage that stops reading (a truncated or corrupt tar) adds one row for
+the unread rest, naming its byte offset.
 """
 
 from __future__ import annotations
@@ -34,13 +36,22 @@ from tasks.curation.pool_rows import (
     check_caption,
     probe_image,
 )
-from tasks.sources.image_checks import ImageRejected
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # preference order when a sample has several
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # A valid tar ends with two 512-byte zero blocks (then zero padding to its record size).
 _END_OF_ARCHIVE_BYTES = 1024
 _TAIL_READ = 1 << 16
+# Pax and GNU long-name headers are metadata that tarfile reads into memory whole; real ones
+# are bytes to kilobytes. A bigger one is refused before tarfile allocates it.
+MAX_EXTENDED_HEADER_BYTES = 1 << 20
+_EXTENDED_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
@@ -82,6 +93,22 @@ def unsafe_member_name(name: str) -> str | None:
     if ".." in parts:
         return "'..' component"
     return None
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header above MAX_EXTENDED_HEADER_BYTES.
+
+    tarfile would read it whole (up to the size of the file); the ReadError raised instead
+    ends the shard as damaged from this header on.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise tarfile.ReadError(
+                f"extended header of {self.size} bytes at byte {self.offset} is above "
+                f"{MAX_EXTENDED_HEADER_BYTES}"
+            )
+        return super()._proc_member(tarfile_)
 
 
 @dataclass
@@ -136,6 +163,34 @@ def _is_compressed(raw) -> bool:
     head = raw.read(6)
     raw.seek(0)
     return any(head.startswith(magic) for magic in _COMPRESSED_MAGIC)
+
+
+def _members_scattered(raw, limit: int = 256) -> bool:
+    """Whether a key recurs after another key among the first `limit` members.
+
+    Shards written by img2dataset, webdataset or `tar --sort=name` keep a sample's members
+    together; `tar cf` over a folder lists them in directory order, scattered. Damage
+    here is left for the reading pass to report.
+    """
+    seen: set[str] = set()
+    last = None
+    try:
+        with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
+            for _ in range(limit):
+                if (info := tar.next()) is None:
+                    break
+                key = split_member_name(info.name)[0]
+                if info.isdir() or key == last:
+                    continue
+                if key in seen:
+                    return True
+                seen.add(key)
+                last = key
+    except (tarfile.TarError, EOFError, OSError):
+        return False
+    finally:
+        raw.seek(0)
+    return False
 
 
 def _tail_problem(raw, end_offset: int) -> str | None:
@@ -198,51 +253,104 @@ class _TarShardReader:
         yield from self.builder.finish()
 
     def _read_members(self) -> Iterator[PoolChunk]:
-        """Stream the members; returns (reason, offset, detail) when damage stopped the reading."""
-        current: _Sample | None = None
+        """Read the members; returns (reason, offset, detail) when damage stopped the reading."""
         tar = None
         try:
             with self.path.open("rb") as raw:
                 compressed = _is_compressed(raw)
+                if not compressed and _members_scattered(raw):
+                    return (yield from self._read_indexed(raw))
                 try:
-                    tar = tarfile.open(fileobj=raw, mode="r|*")  # noqa: SIM115 (closed below)
+                    # Closed by the `with tar` in _stream; opened here to tell "not a tar" apart.
+                    tar = tarfile.open(  # noqa: SIM115
+                        fileobj=raw, mode="r|*", tarinfo=_BoundedTarInfo
+                    )
                 except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                     detail = f"not a readable tar archive: {type(exc).__name__}: {exc}"
                     return "shard_unreadable", 0, detail
-                with tar:
-                    while (info := tar.next()) is not None:
-                        # tarfile keeps every TarInfo it has read; one shard of 10k samples
-                        # would hold ~30k of them, so drop them as we go (stream mode never
-                        # looks back).
-                        tar.members.clear()
-                        if info.isdir():
-                            continue  # a directory entry carries no sample data
-                        key, extension = split_member_name(info.name)
-                        if current is None or key != current.key:
-                            if current is not None:
-                                yield from self._emit(current)
-                            current = self._start_sample(key, info.offset)
-                        self._add_member(tar, current, info, extension)
-                    if not compressed and (problem := _tail_problem(raw, tar.offset)):
-                        # The last group may have lost members to the damage: count it
-                        # with the unread rest rather than emit a partial sample.
-                        start = current.offset if current is not None else tar.offset
-                        return "tar_truncated", start, self._damage_detail(problem, current, start)
+                return (yield from self._stream(tar, raw, compressed))
+        except OSError as exc:  # the file itself could not be opened or read
+            return "shard_unreadable", 0, f"could not read the shard: {exc}"
+
+    def _stream(self, tar: tarfile.TarFile, raw, compressed: bool) -> Iterator[PoolChunk]:
+        """One pass in stream mode, a sample at a time (the common, ordered case)."""
+        current: _Sample | None = None
+        try:
+            with tar:
+                while (info := tar.next()) is not None:
+                    # tarfile keeps every TarInfo it has read; one shard of 10k samples would
+                    # hold ~30k of them, so drop them as we go (stream mode never looks back).
+                    tar.members.clear()
+                    if info.isdir():
+                        continue  # a directory entry carries no sample data
+                    key, extension = split_member_name(info.name)
+                    if current is None or key != current.key:
+                        if current is not None:
+                            yield from self._emit(current)
+                        current = self._start_sample(key, info.offset)
+                    self._add_member(tar, current, info, extension)
+                if not compressed and (problem := _tail_problem(raw, tar.offset)):
+                    # The last group may have lost members to the damage: count it with
+                    # the unread rest rather than emit a partial sample.
+                    start = current.offset if current is not None else tar.offset
+                    return "tar_truncated", start, self._damage_detail(problem, current, start)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            if tar is None:  # the file itself could not be opened
-                return "shard_unreadable", 0, f"could not open the shard: {problem}"
             start = current.offset if current is not None else tar.offset
+            problem = f"{type(exc).__name__}: {exc}"
             return "tar_truncated", start, self._damage_detail(problem, current, start)
         if current is not None:
             yield from self._emit(current)
+        return None
+
+    def _read_indexed(self, raw) -> Iterator[PoolChunk]:
+        """Two passes for an uncompressed tar whose samples are scattered.
+
+        The first pass reads headers only and groups the members by key; the second reads
+        each sample's members by seeking. It costs one TarInfo per member of the shard.
+        """
+        groups: dict[str, list[tarfile.TarInfo]] = {}
+        extensions: dict[str, set[str]] = {}
+        repeated: dict[str, list[str]] = {}  # key -> member names met a second time
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo)  # noqa: SIM115
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            return "shard_unreadable", 0, f"not a readable tar archive: {exc}"
+        with tar:
+            try:
+                while (info := tar.next()) is not None:
+                    tar.members.clear()
+                    if info.isdir():
+                        continue
+                    key, extension = split_member_name(info.name)
+                    if extension in extensions.setdefault(key, set()):
+                        # A second sample under one key: the first is kept, as when streaming.
+                        repeated.setdefault(key, []).append(info.name)
+                        continue
+                    extensions[key].add(extension)
+                    groups.setdefault(key, []).append(info)
+                problem = _tail_problem(raw, tar.offset)
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            for key, members in groups.items():
+                sample = self._start_sample(key, members[0].offset)
+                for info in members:
+                    try:
+                        self._add_member(tar, sample, info, split_member_name(info.name)[1])
+                    except (tarfile.TarError, OSError) as exc:  # its data runs past the damage
+                        sample.reject("tar_truncated", f"member {info.name!r}: {exc}")
+                yield from self._emit(sample)
+        for key, names in repeated.items():
+            detail = f"key {key!r} has members {names} a second time in the shard; the first kept"
+            yield from self._quarantine(self._id(key), "duplicate_id", detail)
+        if problem:
+            return "tar_truncated", tar.offset, self._damage_detail(problem, None, tar.offset)
         return None
 
     def _damage_detail(self, problem: str, current: _Sample | None, start: int) -> str:
         size = self.path.stat().st_size
         where = f" (from sample {current.key!r})" if current is not None else ""
         unread = sum(1 for key in self.sidecar if key not in self.seen)
-        listed = f"; the sidecar lists {unread} samples not reached" if self.sidecar else ""
+        listed = f"; {unread} sidecar keys were not reached" if self.sidecar else ""
         return (
             f"tar damaged ({problem}): the rest of the shard from byte {start}{where} of "
             f"{size} was not read{listed}; samples before it are kept"
@@ -254,7 +362,9 @@ class _TarShardReader:
             sample.reject(
                 "duplicate_id",
                 f"key {key!r} appeared earlier in the shard: a sample's members must be "
-                "consecutive (webdataset), so this group was not merged",
+                "consecutive (webdataset's rule), so the earlier group was read alone and "
+                "this one is not merged; write shards with members grouped by key "
+                "(e.g. `tar --sort=name`)",
             )
         self.seen.add(key)
         return sample
@@ -292,7 +402,7 @@ class _TarShardReader:
         """The sample as one pool row, or one quarantine row with its reason."""
         try:
             row = self._build_row(sample)
-        except (ImageRejected, SampleRejected) as exc:
+        except SampleRejected as exc:
             sample.reject(exc.reason, exc.detail)
         if sample.reason is not None:
             yield from self._quarantine(self._id(sample.key), sample.reason, sample.detail)
@@ -311,14 +421,14 @@ class _TarShardReader:
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.members), None)
         if image_ext is None:
             found = sorted([*sample.members, *sample.other_extensions])
-            raise ImageRejected("image_missing", f"no image member (found: {found})")
+            raise SampleRejected("image_missing", f"no image member (found: {found})")
         caption = check_caption(self._caption_value(sample, meta, side))
         data = sample.members[image_ext]
         width, height = probe_image(data)
         digest = hashlib.sha256(data).hexdigest()
         expected = meta.get("sha256") or (side.sha256 if side is not None else None)
         if isinstance(expected, str) and expected and expected.lower() != digest:
-            raise ImageRejected(
+            raise SampleRejected(
                 "sha256_mismatch", f"{sample.key}.{image_ext}: sha256 {digest} != {expected}"
             )
         label = meta.get("label")
