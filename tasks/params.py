@@ -144,7 +144,7 @@ class CurateParams(StrictModel):
     exact_dedup: bool = True
     near_dedup: bool = Field(True, description="drop perceptual-hash near-duplicate train images")
     near_dup_max_distance: int = Field(
-        4, ge=0, le=64, description="Hamming distance of 64-bit pHashes counted as near-duplicate"
+        6, ge=0, le=64, description="pHash Hamming distance (of 64 bits) of a near-duplicate"
     )
     near_dup_thumbnail_check: bool = Field(
         True, description="confirm pHash pairs by 8x8 thumbnails (pHash alone merges drawings)"
@@ -153,7 +153,7 @@ class CurateParams(StrictModel):
         0.008, ge=0.0, le=2.0, description="1 - thumbnail correlation that confirms a pair"
     )
     eval_near_copy_distance: int | None = Field(
-        4, ge=0, le=64, description="pHash distance to an eval image that removes a train row"
+        6, ge=0, le=64, description="pHash distance to an eval image that removes a train row"
     )
     semdedup: bool = Field(True, description="SemDeDup (needs score_model for embeddings)")
     semdedup_clusters: int = Field(20, ge=1, le=1_000_000, description="k-means clusters")
