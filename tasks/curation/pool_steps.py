@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.curation.dedup import eval_copies, exact_duplicates
+from tasks.curation.near_dup import near_copies, near_duplicates
 from tasks.params import CurateParams
 
 MAX_EXAMPLES = 5
@@ -67,6 +68,15 @@ def _thumbnail_check(
     return check
 
 
+def run_dedup_steps(state: PoolState, params: CurateParams) -> None:
+    """Every id- and image-based removal, in order (the first step to reject a row names it)."""
+    remove_duplicate_ids(state)
+    remove_eval_copies(state)
+    remove_eval_near_copies(state, params)
+    remove_exact_duplicates(state, params)
+    remove_near_duplicates(state, params)
+
+
 def remove_duplicate_ids(state: PoolState) -> None:
     """A later row reusing an id is removed: ids must name one row for kept_ids to work."""
     dup = pd.Series(state.ids).duplicated(keep="first").to_numpy() & pd.isna(state.reason)
@@ -96,19 +106,16 @@ def _frame(state: PoolState, rows: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"id": state.ids[rows], "sha256": state.sha256[rows]})
 
 
-def remove_eval_near_copies(state: PoolState, params: CurateParams, near_dup: Any) -> None:
+def remove_eval_near_copies(state: PoolState, params: CurateParams) -> None:
     """Train rows within `eval_near_copy_distance` pHash bits of an eval image."""
     if params.eval_near_copy_distance is None:
         state.steps["eval_near_copy"] = "skipped: curate.eval_near_copy_distance is null"
-        return
-    if near_dup is None:
-        state.steps["eval_near_copy"] = "not available: tasks.curation.near_dup is not installed"
         return
     eval_rows = np.flatnonzero((state.split == "eval") & pd.isna(state.reason) & state.has_phash)
     alive = state.alive_train()
     query = alive[state.has_phash[alive]]
     if len(eval_rows) and len(query):
-        found = near_dup.near_copies(
+        found = near_copies(
             state.phash[query],
             state.phash[eval_rows],
             state.ids[eval_rows].tolist(),
@@ -150,19 +157,16 @@ def remove_exact_duplicates(state: PoolState, params: CurateParams) -> None:
     state.steps["exact_duplicate"] = "ran"
 
 
-def remove_near_duplicates(state: PoolState, params: CurateParams, near_dup: Any) -> None:
+def remove_near_duplicates(state: PoolState, params: CurateParams) -> None:
     """Train images within `near_dup_max_distance` pHash bits of a kept one (id order)."""
     if not params.near_dedup:
         state.steps["near_duplicate"] = "skipped: curate.near_dedup is false"
-        return
-    if near_dup is None:
-        state.steps["near_duplicate"] = "not available: tasks.curation.near_dup is not installed"
         return
     alive = state.alive_train()
     rows = _by_id(state, alive[state.has_phash[alive]])
     if len(rows):
         check = _thumbnail_check(params, query=state.thumbnails[rows])
-        found = near_dup.near_duplicates(
+        found = near_duplicates(
             state.ids[rows].tolist(),
             state.phash[rows],
             params.near_dup_max_distance,

@@ -8,16 +8,14 @@ images: a pool of millions of rows fits in memory as state while its images stay
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.curation.filters import basic_filter
+from tasks.curation.image_hash import image_signatures
+from tasks.curation.language import language_filter
 from tasks.curation.matching import EntryMatcher
 from tasks.errors import StageError
 from tasks.params import CurateParams
@@ -40,14 +38,6 @@ STATE_SCHEMA = pa.schema(
         pa.field("entries", pa.list_(pa.int32()), nullable=True),  # matched entry ids (train)
     ]
 )
-
-
-def optional_module(name: str) -> ModuleType | None:
-    """A curation module that may not be installed in this build (its step is then skipped)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
 
 
 def check_splits(rows: pd.DataFrame, shard: str) -> None:
@@ -84,10 +74,9 @@ def chunk_state(
     first_ordinal: int,
     params: CurateParams,
     matcher: EntryMatcher,
-    steps: dict[str, Any],
     from_pair_table: bool = False,
 ) -> pa.Table:
-    """The state rows of one chunk. `steps` holds the optional modules (None = unavailable)."""
+    """The state rows of one chunk (`first_ordinal`: the pool position of its first row)."""
     n = len(rows)
     rows = rows.reset_index(drop=True)
     reason = np.full(n, None, dtype=object)
@@ -97,10 +86,9 @@ def chunk_state(
     train_idx = np.flatnonzero(is_train)
     _apply(reason, detail, train_idx, basic_filter(rows.iloc[train_idx], params))
 
-    language = steps.get("language")
-    if language is not None and params.language_allowed:
+    if params.language_allowed:
         alive = train_idx[reason[train_idx] == None]  # noqa: E711 (elementwise on objects)
-        verdict = language.language_filter(
+        verdict = language_filter(
             rows["caption"].iloc[alive].reset_index(drop=True),
             params.language_allowed,
             params.language_min_confidence,
@@ -110,17 +98,15 @@ def chunk_state(
     phash = np.zeros(n, dtype=np.uint64)
     thumbs = np.zeros((n, THUMB_BYTES), dtype=np.uint8)
     has_phash = np.zeros(n, dtype=bool)
-    image_hash = steps.get("image_hash")
-    if image_hash is not None:
-        # eval rows need a hash too: they are the references for eval near-copies
-        hashable = np.flatnonzero(rows["image"].notna().to_numpy() & (reason == None))  # noqa: E711
-        if len(hashable):
-            signatures = image_hash.image_signatures(
-                rows["image"].iloc[hashable].tolist(), rows["id"].iloc[hashable].tolist()
-            )
-            phash[hashable] = signatures.phash
-            thumbs[hashable] = signatures.thumbnail.reshape(len(hashable), -1)
-            has_phash[hashable] = signatures.has_image
+    # eval rows need signatures too: they are the references for eval near-copies
+    hashable = np.flatnonzero(rows["image"].notna().to_numpy() & (reason == None))  # noqa: E711
+    if len(hashable):
+        signatures = image_signatures(
+            rows["image"].iloc[hashable].tolist(), rows["id"].iloc[hashable].tolist()
+        )
+        phash[hashable] = signatures.phash
+        thumbs[hashable] = signatures.thumbnail.reshape(len(hashable), -1)
+        has_phash[hashable] = signatures.has_image
 
     # matched entry ids as an Arrow list column (null for rows not matched), built from the
     # matcher's flat CSR arrays without a Python list per row

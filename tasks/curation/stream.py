@@ -56,16 +56,9 @@ from tasks.curation.metadata import CaptionSample, build_metadata, mine_bigrams,
 from tasks.curation.model_steps import run_model_steps
 from tasks.curation.near_dup import NEAR_DUP_REASONS
 from tasks.curation.pool_reader import read_inputs
-from tasks.curation.pool_steps import (
-    PoolState,
-    remove_duplicate_ids,
-    remove_eval_copies,
-    remove_eval_near_copies,
-    remove_exact_duplicates,
-    remove_near_duplicates,
-)
+from tasks.curation.pool_steps import PoolState, run_dedup_steps
 from tasks.curation.report import build_pool_report, write_entry_count_plot
-from tasks.curation.row_state import STATE_SCHEMA, check_splits, chunk_state, optional_module
+from tasks.curation.row_state import STATE_SCHEMA, check_splits, chunk_state
 from tasks.curation.semdedup import SEMDEDUP_REASONS
 from tasks.curation.shard_output import KeptRowWriter
 from tasks.pair_table import QUARANTINE_SCHEMA
@@ -113,13 +106,6 @@ def metadata_path(out_dir: Path) -> Path:
     return Path(out_dir) / "metadata.json"
 
 
-def _optional_steps() -> dict[str, Any]:
-    return {
-        name: optional_module(f"tasks.curation.{name}")
-        for name in ("language", "image_hash", "near_dup")
-    }
-
-
 def build_entries(
     pair_table: Path | None, inputs: Sequence[Path], params: CurateParams, root: Path
 ) -> tuple[list[str], dict[str, Any]]:
@@ -161,7 +147,6 @@ def _scan(
     quarantine_path: Path,
 ) -> tuple[int, int]:
     """Pass 1: the state of every row to `work/state.parquet`; (rows read, rows quarantined)."""
-    steps = _optional_steps()
     ordinal = quarantined = 0
     with (
         pq.ParquetWriter(work / STATE_FILE, STATE_SCHEMA) as state,
@@ -178,7 +163,7 @@ def _scan(
                 continue
             rows = chunk.rows.to_pandas()
             check_splits(rows, chunk.shard)
-            state.write_table(chunk_state(rows, ordinal, params, matcher, steps, from_pairs))
+            state.write_table(chunk_state(rows, ordinal, params, matcher, from_pairs))
             ordinal += len(rows)
     return ordinal, quarantined
 
@@ -288,6 +273,23 @@ def _write_balance_table(
     pq.write_table(table, path)
 
 
+def _write_kept_ids(state: PoolState, keep: np.ndarray, work: Path, path: Path) -> None:
+    """id, split, shard, pair_table of every kept row: filter a pool without resharding."""
+    kept_rows = np.flatnonzero(keep)
+    origin = pq.read_table(work / STATE_FILE, columns=["shard", "pair_table"])
+    take = pa.array(kept_rows, pa.int64())
+    table = pa.Table.from_arrays(
+        [
+            pa.array(state.ids[kept_rows], pa.string()),
+            pa.array(state.split[kept_rows], pa.string()),
+            origin.column("shard").take(take).combine_chunks(),
+            origin.column("pair_table").take(take).combine_chunks(),
+        ],
+        schema=KEPT_IDS_SCHEMA,
+    )
+    pq.write_table(table, path)
+
+
 def _write_removed(state: PoolState, path: Path) -> pd.DataFrame:
     rows = np.flatnonzero(pd.notna(state.reason))
     frame = pd.DataFrame(
@@ -381,23 +383,11 @@ def curate_pool(
 
     mark = time.perf_counter()
     state, entries_col = _load_state(work)
-    steps = _optional_steps()
     state.steps["basic_filters"] = "ran"
     state.steps["caption_language"] = (
-        "skipped: curate.language_allowed is empty"
-        if not config.language_allowed
-        else "ran"
-        if steps["language"] is not None
-        else "not available: tasks.curation.language is not installed"
+        "ran" if config.language_allowed else "skipped: curate.language_allowed is empty"
     )
-    state.steps["image_signatures"] = (
-        "ran" if steps["image_hash"] is not None else "not available: tasks.curation.image_hash"
-    )
-    remove_duplicate_ids(state)
-    remove_eval_copies(state)
-    remove_eval_near_copies(state, config, steps["near_dup"])
-    remove_exact_duplicates(state, config)
-    remove_near_duplicates(state, config, steps["near_dup"])
+    run_dedup_steps(state, config)
     model_summary = run_model_steps(
         state,
         config,
@@ -411,19 +401,7 @@ def curate_pool(
     mark = time.perf_counter()
     keep = pd.isna(state.reason)
     _write_kept(pair_table, inputs, config, keep, out_dir, curated_table)
-    kept_rows = np.flatnonzero(keep)
-    origin = pq.read_table(work / STATE_FILE, columns=["shard", "pair_table"])
-    take = pa.array(kept_rows, pa.int64())
-    kept_ids = pa.Table.from_arrays(
-        [
-            pa.array(state.ids[kept_rows], pa.string()),
-            pa.array(state.split[kept_rows], pa.string()),
-            origin.column("shard").take(take).combine_chunks(),
-            origin.column("pair_table").take(take).combine_chunks(),
-        ],
-        schema=KEPT_IDS_SCHEMA,
-    )
-    pq.write_table(kept_ids, out_dir / "kept_ids.parquet")
+    _write_kept_ids(state, keep, work, out_dir / "kept_ids.parquet")
     removed = _write_removed(state, out_dir / "removed.parquet")
     timings["pass2_write_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
@@ -435,7 +413,7 @@ def curate_pool(
     report = build_pool_report(
         rows_read=rows_read,
         quarantine=quarantine,
-        kept_split=state.split[kept_rows],
+        kept_split=state.split[keep],
         removed=removed,
         entries=entries,
         balance=balance,
