@@ -185,15 +185,23 @@ def _load_state(work: Path) -> tuple[PoolState, pa.ChunkedArray]:
 
 
 def _thumbnails(column: pa.ChunkedArray) -> np.ndarray:
-    """The fixed-size thumbnail column as uint8 [N, 8, 8, 3] (zeros where null)."""
+    """The fixed-size thumbnail column as uint8 [N, 8, 8, 3] (zeros where null).
+
+    Only chunks with images are copied: np.zeros pages that are never written stay out of
+    memory, so a text-only pool costs nothing here.
+    """
     width = column.type.byte_width
-    parts = []
+    out = np.zeros((len(column), width), dtype=np.uint8)
+    pos = 0
     for chunk in column.chunks:
-        data = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)
-        part = data[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width)
-        parts.append(np.where(chunk.is_valid().to_numpy(zero_copy_only=False)[:, None], part, 0))
-    flat = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint8)
-    return flat.astype(np.uint8).reshape(-1, 8, 8, 3)
+        n = len(chunk)
+        data = chunk.buffers()[1]
+        if chunk.null_count < n and data is not None:
+            flat = np.frombuffer(data, dtype=np.uint8)[chunk.offset * width :][: n * width]
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            out[pos : pos + n][valid] = flat.reshape(n, width)[valid]
+        pos += n
+    return out.reshape(-1, 8, 8, 3)
 
 
 def _flat(entries: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
