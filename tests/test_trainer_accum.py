@@ -8,8 +8,8 @@ import torch
 from tasks.errors import StageError
 from tasks.params import TrainParams
 from tasks.training import ClipObjective, train
-from tasks.training.gradients import cached_backward, simple_backward, slice_batch
 from tasks.training.distributed import World
+from tasks.training.gradients import cached_backward, simple_backward, slice_batch
 from tasks.training.row_random import row_uniforms
 from tests.tiny_training import run_variant, tiny_clip, tiny_pairs, worker_params
 

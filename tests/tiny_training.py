@@ -83,7 +83,8 @@ def tiny_pairs(rows: int, augment: bool = False, sequential: bool = False) -> Pa
     digits = load_digits()
     pick = np.random.default_rng(0).choice(len(digits.images), size=rows, replace=False)
     gray = torch.from_numpy((digits.images[pick] / 16.0 * 255).astype(np.uint8))
-    images = gray.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)[:, None].repeat(1, 3, 1, 1)
+    upscaled = gray.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)  # 8 -> 32 px
+    images = upscaled[:, None].repeat(1, 3, 1, 1)
     captions = [
         TEMPLATES[k % len(TEMPLATES)].format(NAMES[digits.target[i]]) for k, i in enumerate(pick)
     ]
