@@ -87,3 +87,47 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         "result.json",
         "weights.pt",
     ]
+
+
+@pytest.mark.slow
+def test_teacher_stage_cli_runs_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 -m tasks.teacher`: one summary, one model, = 1 process."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from tasks import teacher
+    from tasks.layout import Layout
+    from tasks.models import load_model, sha256_file
+    from tasks.pair_table import write_pairs
+    from tasks.params import parse_params
+    from tests.test_trainer import tiny_digits
+
+    table = pd.concat([tiny_digits(64, "train"), tiny_digits(8, "eval", seed=1)])
+    spec = {"epochs": 1, "batch_size": 32, "warmup_steps": 1, "model": "clipops-vit-xs-minilm"}
+    params = parse_params({"device": "cpu", "teacher": {**spec, "crop_scale_min": 0.8}})
+    two, one = Layout.at(tmp_path / "two"), Layout.at(tmp_path / "one")
+    for layout in (two, one):
+        write_pairs(table, layout.curated)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "tasks.teacher", "--params", str(params_file), "--root", str(two.root)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # exactly one JSON document: rank 0's
+    out = two.model_dir("teacher")
+    assert summary["weights_sha256"] == sha256_file(out / "model.safetensors")
+    assert summary["metrics"]["steps"] == 2
+
+    teacher.run(params, one)
+    a = load_model(out).model.state_dict()
+    b = load_model(one.model_dir("teacher")).model.state_dict()
+    diff = max((a[k] - b[k]).abs().max().item() for k in b)
+    print(f"teacher stage: max |w(torchrun x2) - w(1 proc)| = {diff:.2e}")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], atol=5e-5, rtol=0, msg=key)
+    assert two.train_log("teacher").read_text() != ""
