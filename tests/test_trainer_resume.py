@@ -41,15 +41,19 @@ class CrashingObjective(ClipObjective):
         return super().features(model, batch)
 
 
-def _reference(tmp_path: Path) -> tuple[dict, str]:
-    """An uninterrupted run (it writes and removes checkpoints too)."""
-    model = run_variant("rowwise", worker_params(16, 3, checkpoint_every=2), tmp_path, 64)
-    return model.state_dict(), (tmp_path / "loss.csv").read_text()
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict, str]:
+    """An uninterrupted run (it writes and removes checkpoints too): weights, loss CSV."""
+    out = tmp_path_factory.mktemp("reference")
+    model = run_variant("rowwise", worker_params(16, 3, checkpoint_every=2), out, 64)
+    assert not (out / "loss.ckpt").exists()  # removed after a finished run
+    return model.state_dict(), (out / "loss.csv").read_text()
 
 
-def test_resume_after_a_crash_is_bit_identical_and_foreign_checkpoints_are_refused(tmp_path):
-    ref_state, ref_csv = _reference(tmp_path / "ref")
-    assert not (tmp_path / "ref" / "loss.ckpt").exists()  # removed after a finished run
+def test_resume_after_a_crash_is_bit_identical_and_foreign_checkpoints_are_refused(
+    tmp_path, reference
+):
+    ref_state, ref_csv = reference
 
     log = tmp_path / "run" / "loss.csv"
     ckpt = log.with_suffix(".ckpt")
@@ -98,9 +102,9 @@ def _worker(out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_sigkill_then_rerun_reaches_the_uninterrupted_weights_and_csv(tmp_path):
+def test_sigkill_then_rerun_reaches_the_uninterrupted_weights_and_csv(tmp_path, reference):
     """The real thing: a worker process is SIGKILLed after its first checkpoint."""
-    ref_state, ref_csv = _reference(tmp_path / "ref")
+    ref_state, ref_csv = reference
     out = tmp_path / "killed"
     ckpt = out / "rowwise" / "loss.ckpt"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
