@@ -85,6 +85,21 @@ def test_resume_after_a_crash_is_bit_identical_and_foreign_checkpoints_are_refus
     assert not ckpt.exists()
 
 
+def test_a_checkpoint_resumes_with_a_different_accum_steps(tmp_path, reference):
+    """accum_steps is not fingerprinted: an OOM-killed run resumes with smaller micro-batches."""
+    log = tmp_path / "loss.csv"
+    params = worker_params(16, 3, checkpoint_every=2)
+    data = tiny_pairs(64, augment=True)
+    with pytest.raises(Crash):
+        train(tiny_clip(7), data, CrashingObjective(5), params, CPU, log)
+    model = tiny_clip(7)
+    more = params.model_copy(update={"accum_steps": 4})
+    result = train(model, data, CrashingObjective(), more, CPU, log)
+    assert result.resumed_from_step == 4 and result.accum_steps == 4
+    for key, value in reference[0].items():
+        torch.testing.assert_close(model.state_dict()[key], value, atol=2e-5, rtol=0, msg=key)
+
+
 def test_resume_false_starts_over(tmp_path):
     log = tmp_path / "loss.csv"
     params = worker_params(16, 1, checkpoint_every=2)
