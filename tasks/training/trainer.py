@@ -315,7 +315,9 @@ def _total(losses: StepLosses) -> tuple[torch.Tensor, dict]:
     total = losses.loss
     for value in losses.aux.values():
         total = total + value
-    return total, {**losses.logs, **losses.aux}
+    # Detached: a log tensor still holding its graph would keep it alive until the flush.
+    logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in losses.logs.items()}
+    return total, {**logs, **losses.aux}
 
 
 def _flush(pending: list, params: TrainParams) -> list[dict[str, float]]:
