@@ -131,3 +131,35 @@ def test_teacher_stage_cli_runs_under_torchrun(tmp_path):
     for key in b:
         torch.testing.assert_close(a[key], b[key], atol=5e-5, rtol=0, msg=key)
     assert two.train_log("teacher").read_text() != ""
+
+
+def test_only_rank_0_prints_the_summary_and_writes_the_model(monkeypatch, capsys, tmp_path):
+    """What rank 1 of a torchrun stage does: runs the stage, writes and prints nothing."""
+    from tasks.models.io import read_card, save_model
+    from tasks.stage_cli import stage_main
+    from tests.tiny_training import tiny_clip
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("seed: 0\n")
+    ran = []
+    summary = {"stage": "demo"}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert (
+        stage_main(
+            "demo", lambda p, layout: ran.append(1) or summary, ["--params", str(params_file)]
+        )
+        == 0
+    )
+    assert ran == [1] and capsys.readouterr().out == ""
+    model_dir = tmp_path / "model"
+    card = save_model(tiny_clip(0), "tiny", {}, model_dir, {"stage": "demo"})
+    assert card == {} and not model_dir.exists()  # rank 0 writes; rank 1 returns its card
+
+    monkeypatch.setenv("RANK", "0")
+    assert stage_main("demo", lambda p, layout: summary, ["--params", str(params_file)]) == 0
+    assert '"stage": "demo"' in capsys.readouterr().out
+    card = save_model(tiny_clip(0), "tiny", {}, model_dir, {"stage": "demo"})
+    assert card["stage"] == "demo" and read_card(model_dir) == card
+    monkeypatch.setenv("RANK", "1")
+    assert save_model(tiny_clip(0), "tiny", {}, model_dir, {"stage": "demo"}) == card
