@@ -251,13 +251,8 @@ def train(
             m = plan.micro_size
             micro = [slice_batch(batch, j * m, (j + 1) * m) for j in range(plan.accum_steps)]
             losses = cached_backward(model, objective, micro, world, trainable)
-        if world.distributed:  # sum gradient parts (and aux shares) over ranks
-            aux_names = sorted(losses.aux)
-            shares = torch.stack([losses.aux[k] for k in aux_names]) if aux_names else None
-            summed = distributed.all_reduce_gradients_(
-                trainable, shares if shares is not None else torch.zeros(0, device=device), world
-            )
-            losses.aux = dict(zip(aux_names, summed.unbind(), strict=True))
+        if world.distributed:
+            _sum_over_ranks(losses, trainable, world)
         if params.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
         optimizer.step()
@@ -308,6 +303,20 @@ def train(
         world_size=world.size,
         accum_steps=plan.accum_steps,
     )
+
+
+def _sum_over_ranks(
+    losses: StepLosses, trainable: list[torch.nn.Parameter], world: distributed.World
+) -> None:
+    """Sum the ranks' gradient parts and their aux shares (one flat all-reduce per dtype)."""
+    names = sorted(losses.aux)
+    shares = (
+        torch.stack([losses.aux[k] for k in names])
+        if names
+        else torch.zeros(0, device=world.device)
+    )
+    summed = distributed.all_reduce_gradients_(trainable, shares, world)
+    losses.aux = dict(zip(names, summed.unbind(), strict=True))
 
 
 def _total(losses: StepLosses) -> tuple[torch.Tensor, dict]:
