@@ -71,23 +71,31 @@ def random_resized_crop_flip(
     scale: tuple[float, float] = (0.6, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip_p: float = 0.5,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image random resized crop (area share in `scale`, aspect in `ratio`) and h-flip.
 
     Works on float `[N, C, H, W]` (normalise first) and returns the same shape: each image's
     crop box is an affine map sampled bilinearly back to full size. The random draws come
-    from `generator` (on CPU), so a seed fixes the augmentations exactly.
+    from `generator` (on CPU), so a seed fixes the augmentations exactly; or, when given,
+    from `uniforms` (`[N, 5]` in [0, 1): area, aspect, x, y, flip per image), e.g. keyed by
+    row id so a row's view does not depend on the rest of the batch.
     """
     n = batch.shape[0]
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n).uniform_(*torch.log(torch.tensor(ratio)).tolist(), generator=generator)
-    aspect = torch.exp(log_r)
+    if uniforms is None:
+        uniforms = torch.rand(n, 5, generator=generator)
+    if uniforms.shape != (n, 5):
+        raise ValueError(f"uniforms must be [{n}, 5], got {tuple(uniforms.shape)}")
+    u = uniforms.to("cpu", torch.float32)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_lo, log_hi = torch.log(torch.tensor(ratio)).tolist()
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
     # Box half-sizes in normalised coords ([-1, 1] spans the image), clipped to fit.
     w = torch.sqrt(area * aspect).clamp(max=1.0)
     h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
-    flip = torch.rand(n, generator=generator) < flip_p
+    cx = (u[:, 2] * 2 - 1) * (1 - w)
+    cy = (u[:, 3] * 2 - 1) * (1 - h)
+    flip = u[:, 4] < flip_p
     sx = torch.where(flip, -w, w)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx, cx

@@ -226,6 +226,28 @@ class TrainParams(StrictModel):
     flip_p: float = Field(
         0.0, ge=0.0, le=1.0, description="horizontal flip chance (0: captions name left/right)"
     )
+    accum_steps: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="gradient accumulation: micro-batches per step; batch_size stays the global "
+        "batch (each process runs batch_size / (accum_steps x processes) at a time)",
+    )
+    checkpoint_every: int = Field(
+        200, ge=0, description="steps between resumable checkpoints (0 = none)"
+    )
+    resume: bool = Field(
+        True, description="continue from this stage's checkpoint when a killed run left one"
+    )
+
+    @model_validator(mode="after")
+    def _accum_divides_batch(self) -> TrainParams:
+        if self.batch_size % self.accum_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by accum_steps="
+                f"{self.accum_steps}: each micro-batch must have the same size"
+            )
+        return self
 
 
 class TeacherParams(TrainParams):

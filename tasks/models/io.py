@@ -70,7 +70,14 @@ def save_model(
     """
     import open_clip
 
+    from tasks.training import distributed
+
     out = Path(out_dir)
+    if not distributed.is_main_process():
+        # Under torchrun every rank holds the same weights; rank 0 writes, the others wait
+        # for it and return the card it wrote.
+        distributed.barrier()
+        return read_card(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
     tmp = out / (WEIGHTS_FILE + ".tmp")
@@ -101,6 +108,7 @@ def save_model(
     }
     full_card.update({k: v for k, v in card.items() if k not in full_card})
     _atomic_write_text(out / CARD_FILE, json.dumps(full_card, indent=2, default=str))
+    distributed.barrier()
     return full_card
 
 

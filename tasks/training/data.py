@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tasks.images import decode_images, normalize, random_resized_crop_flip
 from tasks.models.factory import LoadedModel
 from tasks.models.text_features import pooled_features
+from tasks.training.row_random import row_uniforms
 
 Batch = dict[str, torch.Tensor]
 
@@ -31,7 +32,15 @@ class BatchSource(Protocol):
 
     def to(self, device: torch.device) -> BatchSource: ...
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch: ...
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        """Rows `index` as a dict of tensors, each with the batch dim first.
+
+        A source whose rows' randomness depends only on (generator state, row id), not on
+        the other rows asked for (see tasks.training.row_random), sets a class attribute
+        `split_invariant = True`; the trainer then builds each rank's and micro-batch's rows
+        directly instead of building the global batch and slicing it.
+        """
+        ...
 
 
 @dataclass
@@ -59,8 +68,11 @@ class PairTensors:
     """Image-caption pairs held as tensors; `batch()` returns normalised, augmented images.
 
     Batch keys: `image` (float `[B, 3, S, S]`), `index` (row ids), and either `text_pooled`
-    (locked tower features, `[B, d]`) or `text` (token ids `[B, L]`).
+    (locked tower features, `[B, d]`) or `text` (token ids `[B, L]`). Each row's crop and
+    flip are keyed by its row id (`row_uniforms`), so the batch may be built in slices.
     """
+
+    split_invariant = True
 
     def __init__(
         self,
@@ -132,12 +144,13 @@ class PairTensors:
         return self
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        uniforms = row_uniforms(generator, index, 5) if self.augment.enabled else None
         index = index.to(self.images.device)
         image = normalize(self.images[index], self.mean, self.std)
-        if self.augment.enabled:
+        if uniforms is not None:
             scale = (self.augment.crop_scale_min, 1.0)
             image = random_resized_crop_flip(
-                image, generator, scale=scale, flip_p=self.augment.flip_p
+                image, generator, scale=scale, flip_p=self.augment.flip_p, uniforms=uniforms
             )
         caption = self.caption_index[index]
         out: Batch = {"image": image, "index": index}

@@ -47,7 +47,11 @@ def save_trained(
     train_rows: int,
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save the model folder with a card describing how it was trained; return the card."""
+    """Save the model folder with a card describing how it was trained; return the card.
+
+    Under torchrun every rank calls this; rank 0 writes and the others wait and return the
+    card it wrote (the guard is in `save_model`, so stages calling it directly get it too).
+    """
     metrics = {
         "train_rows": train_rows,
         "final_loss": result.final_loss,
