@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from tasks.models import zoo
+from tasks.models import moe, zoo
 from tasks.models.factory import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -86,6 +86,12 @@ def save_model(
             k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()
         },
     }
+    # An upcycled (MoE) image tower is not an open_clip config: record its layout so
+    # load_model can rebuild it (see tasks.models.moe).
+    moe_layout = moe.layout_of(model)
+    if moe_layout is not None:
+        config[moe.MOE_KEY] = moe_layout
+        card = {**card, moe.MOE_KEY: moe_layout}
     _atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2))
     # The bare config under the model's own name, for `open_clip.add_model_config(<file>)`
     # (open_clip names a config after its file), so get_tokenizer(name) works too.
@@ -150,7 +156,10 @@ def load_model(
     loaded = build_model(name, cfg, device="cpu")
     if name == saved["model_name"] and saved.get("preprocess_cfg"):
         _apply_preprocess_cfg(loaded, saved["preprocess_cfg"])
+    card = read_card(model_dir)
+    # MoE layout: from the config, else from the card (the registry keeps the card).
+    moe.restore_layout(loaded.model, saved.get(moe.MOE_KEY) or card.get(moe.MOE_KEY))
     load_weights(loaded.model, weights, name)
     loaded.model.to(device).eval()
-    loaded.card = read_card(model_dir)
+    loaded.card = card
     return loaded
