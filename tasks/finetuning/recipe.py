@@ -42,9 +42,7 @@ class Recipe:
     name: str
     description: str
     objective: Callable[[FinetuneParams], Objective]
-    prepare: Callable[[LoadedModel, FinetuneParams], dict[str, Any]] = field(
-        default=no_preparation
-    )
+    prepare: Callable[[LoadedModel, FinetuneParams], dict[str, Any]] = field(default=no_preparation)
     data: Callable[[pd.DataFrame, LoadedModel, FinetuneParams], BatchSource] = field(
         default=plain_pairs
     )

@@ -2,8 +2,9 @@
 
     theta_alpha = (1 - alpha) * theta_base + alpha * theta_finetuned
 
-Every alpha of the sweep is scored with the evaluate stage's own functions
-(tasks.evaluation.model_eval.evaluate_model) on two sets:
+Every alpha of the sweep is scored with the evaluate stage's own metric functions (zero-shot
+classifier from averaged prompt embeddings, `evaluate_zeroshot`, `retrieval_metrics`,
+`pair_geometry`) on two sets, images decoded once for the whole sweep:
 - `val`: a slice held out from the curated TRAIN rows before fine-tuning (never trained on),
   scored with the digits eval prompts and retrieval over its unique-caption rows;
 - `eval`: the held-out eval split, reported next to the zero-shot baseline (alpha = 0) and
@@ -23,14 +24,20 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tasks.evaluation.embedding_metrics import pair_geometry
 from tasks.evaluation.eval_sets import EvalSets
-from tasks.evaluation.model_eval import evaluate_model
+from tasks.evaluation.retrieval import retrieval_metrics
+from tasks.evaluation.zeroshot import average_prompt_embeddings, evaluate_zeroshot, format_prompts
+from tasks.images import decode_images
+from tasks.models.encode import encode_image_tensor, encode_texts
 from tasks.models.factory import LoadedModel
 
 RULE = "max over alpha of val 0.5*zeroshot_acc1 + 0.25*(R@5 t2i + R@5 i2t); ties -> smaller alpha"
@@ -38,7 +45,6 @@ SCORE_KEYS = ("zeroshot_acc1", "image_retrieval_recall@5", "text_retrieval_recal
 REPORTED = (
     "zeroshot_acc1",
     "zeroshot_mean_per_class_recall",
-    "textiles_zeroshot_acc1",
     "image_retrieval_recall@5",
     "text_retrieval_recall@5",
     "alignment",
@@ -80,6 +86,57 @@ def score(metrics: dict[str, float]) -> float:
     return 0.5 * acc + 0.25 * (t2i + i2t)
 
 
+@dataclass
+class SweepSet:
+    """The digits zero-shot and retrieval parts of an EvalSets, images decoded once."""
+
+    digits: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: list[str]
+    classnames: list[str]
+    prompts: list[str]  # class-major, as format_prompts orders them
+    retrieval_images: torch.Tensor
+    captions: list[str]
+    text_to_image: np.ndarray
+
+    @classmethod
+    def from_sets(cls, sets: EvalSets, image_size: int) -> SweepSet:
+        d, r = sets.digits, sets.retrieval
+        return cls(
+            digits=decode_images(d.images, image_size, progress=False),
+            labels=list(d.labels),
+            classnames=list(d.classnames),
+            prompts=format_prompts(d.classnames, d.templates),
+            retrieval_images=decode_images(r.images, image_size, progress=False),
+            captions=list(r.captions),
+            text_to_image=r.text_to_image,
+        )
+
+
+def _embed_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    parts = [
+        encode_image_tensor(loaded, images[i : i + batch_size]).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts).numpy()
+
+
+def score_model(loaded: LoadedModel, data: SweepSet, batch_size: int) -> dict[str, float]:
+    """Digits zero-shot acc1 / mean per-class recall, retrieval R@5, alignment, uniformity."""
+    loaded.model.eval()
+    weights = average_prompt_embeddings(
+        encode_texts(loaded, data.prompts, batch_size), len(data.classnames)
+    )
+    digits = _embed_images(loaded, data.digits, batch_size)
+    metrics = dict(
+        evaluate_zeroshot(digits, data.labels, data.classnames, weights).metrics("zeroshot")
+    )
+    text = encode_texts(loaded, data.captions, batch_size)
+    image = _embed_images(loaded, data.retrieval_images, batch_size)
+    metrics.update(retrieval_metrics(text, image, data.text_to_image, [5]))
+    metrics.update(pair_geometry(image[data.text_to_image], text))
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def sweep(
     loaded: LoadedModel,
     base: dict[str, torch.Tensor],
@@ -90,13 +147,15 @@ def sweep(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Score every alpha on `val` and `eval_sets`; leaves the model at the last alpha."""
+    val_data = SweepSet.from_sets(val, loaded.image_size)
+    eval_data = SweepSet.from_sets(eval_sets, loaded.image_size)
     rows = []
     device = loaded.device
     for alpha in tqdm(sorted(alphas), desc="wise-ft alphas", leave=False):
         state = interpolate(base, tuned, alpha)
         loaded.model.load_state_dict({k: v.to(device) for k, v in state.items()})
-        val_metrics = evaluate_model(loaded, val, [5], batch_size).metrics
-        eval_metrics = evaluate_model(loaded, eval_sets, [5], batch_size).metrics
+        val_metrics = score_model(loaded, val_data, batch_size)
+        eval_metrics = score_model(loaded, eval_data, batch_size)
         rows.append(
             {
                 "alpha": float(alpha),
