@@ -119,6 +119,23 @@ def test_moe_recipe_is_evaluable_and_alpha_zero_matches_the_evaluate_stage(layou
         assert torch.equal(again.model.encode_image(x), loaded.model.encode_image(x))
 
 
+@pytest.mark.parametrize("recipe", ["m2mix", "cleanclip", "locked-text", "moe"])
+def test_recipe_runs_end_to_end(layout, recipe):
+    card = finetune.run(params_for(recipe), layout)
+    assert card["params"]["recipe"] == recipe
+    assert card["metrics"]["wise_ft_alpha"] in (0.0, 1.0)
+    loaded = load_model(layout.model_dir("finetuned"))
+    assert loaded.card["weights_sha256"] == card["weights_sha256"]
+    logged = pd.read_csv(layout.train_log("finetune"))
+    assert logged["loss"].notna().all()
+    if recipe == "cleanclip":
+        assert {"clip", "inmodal"} <= set(logged.columns)
+    if recipe == "m2mix":
+        assert {"clip", "m2mix", "lambda"} <= set(logged.columns)
+    if recipe == "moe":
+        assert "aux_moe_balance" in logged.columns and loaded.card["moe"]["num_experts"] == 4
+
+
 def test_unknown_recipe_and_missing_base(layout):
     with pytest.raises(StageError, match="contrastive"):
         finetune.recipe_objective("no-such-recipe")
