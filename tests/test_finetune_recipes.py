@@ -15,7 +15,14 @@ from tasks import finetune
 from tasks.errors import StageError
 from tasks.finetuning import cleanclip, wise_ft
 from tasks.finetuning.m2mix import m2mix_loss, mixup_logits, slerp
-from tasks.models import create_model, load_model, save_model
+from tasks.models import (
+    ModelLoadError,
+    build_model,
+    create_model,
+    load_model,
+    load_weights,
+    save_model,
+)
 from tasks.models import moe as moe_layers
 from tasks.params import FinetuneParams
 from tasks.training.objective import objective_loss
@@ -177,6 +184,10 @@ def test_moe_upcycled_model_equals_dense_and_survives_save_load(base, tmp_path):
     assert back.card["moe"] == layout
     with torch.no_grad():
         assert torch.equal(back.model.encode_image(x), before)
+    # open_clip's strict loader builds dense blocks: the expert weights do not fit (documented)
+    dense_again = build_model(loaded.name, loaded.model_cfg)
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_weights(dense_again.model, tmp_path / "m" / "model.safetensors", loaded.name)
 
 
 def test_moe_balance_is_one_for_a_uniform_router():

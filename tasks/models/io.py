@@ -3,6 +3,9 @@
 The folder loads three ways: `load_model(dir)` here, open_clip's `local-dir:<dir>` schema,
 and plain `open_clip.add_model_config(<name>.json)` + `create_model_and_transforms(name,
 pretrained=<dir>/model.safetensors)` (the model_cfg is complete, HF paths resolved).
+Exception: an upcycled MoE model (the `moe` fine-tuning recipe) loads only with
+`load_model`, which rebuilds the experts from the `moe` layout in the config or card
+(tasks.models.moe); open_clip's own loaders build dense blocks and reject its weights.
 """
 
 from __future__ import annotations
