@@ -292,13 +292,72 @@ class DistillParams(TrainParams):
     )
 
 
+RecipeName = Literal["contrastive", "m2mix", "cleanclip", "locked-text", "moe"]
+
+
 class FinetuneParams(TrainParams):
-    recipe: Literal["contrastive"] = "contrastive"
+    """A fine-tuning recipe (tasks/finetuning), then a WiSE-FT sweep choosing the saved weights."""
+
+    recipe: RecipeName = Field(
+        "contrastive",
+        description="contrastive | m2mix (geodesic mixup) | cleanclip | locked-text | moe",
+    )
     base: Literal["student", "teacher"] = "student"
     epochs: int = Field(2, ge=1, le=10_000)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     warmup_steps: int = Field(10, ge=0)
     lock_text: bool = Field(True, description="keep the pretrained text tower locked")
+    # geodesic multi-modal mixup (m2mix)
+    m2mix_weight: float = Field(0.01, ge=0.0, le=10.0, description="weight of the mixup term")
+    m2mix_beta: float = Field(0.5, gt=0.0, le=100.0, description="lambda ~ Beta(beta, beta)")
+    m2mix_temperature: float = Field(0.07, gt=0.0, le=10.0, description="mixup logits / tau")
+    # CleanCLIP
+    clip_weight: float = Field(1.0, ge=0.0, le=100.0, description="cleanclip: cross-modal term")
+    inmodal_weight: float = Field(
+        1.0, ge=0.0, le=100.0, description="cleanclip: in-modal self-supervised term"
+    )
+    view_crop_scale_min: float = Field(
+        0.5, gt=0.0, le=1.0, description="cleanclip: crop area share of the augmented image view"
+    )
+    view_flip_p: float = Field(0.5, ge=0.0, le=1.0, description="cleanclip: view flip chance")
+    text_views: int = Field(
+        2, ge=1, le=16, description="cleanclip: augmented variants stored per unique caption"
+    )
+    word_drop_p: float = Field(
+        0.15, ge=0.0, lt=1.0, description="cleanclip: chance a caption word is deleted"
+    )
+    word_swaps: int = Field(1, ge=0, le=10, description="cleanclip: random word swaps per view")
+    # CLIP-MoE upcycling
+    moe_experts: int = Field(4, ge=2, le=64, description="experts per upcycled ViT FFN")
+    moe_top_k: int = Field(2, ge=1, le=64, description="experts each token is routed to")
+    moe_balance_weight: float = Field(
+        0.01, ge=0.0, le=10.0, description="weight of the Switch load-balancing term"
+    )
+    moe_train: Literal["router", "router_experts", "all"] = Field(
+        "router_experts",
+        description="what moe trains: routers only (needs diverse experts), +experts, or all",
+    )
+    # WiSE-FT
+    wise_ft_alphas: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        description="theta = (1-a) base + a fine-tuned, scored per a; [] = keep the fine-tuned",
+    )
+    wise_ft_val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="train rows held out to choose alpha (not trained on)"
+    )
+
+    @model_validator(mode="after")
+    def _valid_recipe_settings(self) -> FinetuneParams:
+        if self.moe_top_k > self.moe_experts:
+            raise ValueError(
+                f"moe_top_k ({self.moe_top_k}) must not exceed moe_experts ({self.moe_experts})"
+            )
+        bad = [a for a in self.wise_ft_alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"wise_ft_alphas must lie in [0, 1], got {bad}")
+        if len(set(self.wise_ft_alphas)) != len(self.wise_ft_alphas):
+            raise ValueError(f"wise_ft_alphas has repeated values: {self.wise_ft_alphas}")
+        return self
 
 
 class EvaluateParams(StrictModel):

@@ -3,6 +3,9 @@
 The folder loads three ways: `load_model(dir)` here, open_clip's `local-dir:<dir>` schema,
 and plain `open_clip.add_model_config(<name>.json)` + `create_model_and_transforms(name,
 pretrained=<dir>/model.safetensors)` (the model_cfg is complete, HF paths resolved).
+Exception: an upcycled MoE model (the `moe` fine-tuning recipe) loads only with
+`load_model`, which rebuilds the experts from the `moe` layout in the config or card
+(tasks.models.moe); open_clip's own loaders build dense blocks and reject its weights.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from tasks.models import zoo
+from tasks.models import moe, zoo
 from tasks.models.factory import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -93,6 +96,12 @@ def save_model(
             k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()
         },
     }
+    # An upcycled (MoE) image tower is not an open_clip config: record its layout so
+    # load_model can rebuild it (see tasks.models.moe).
+    moe_layout = moe.layout_of(model)
+    if moe_layout is not None:
+        config[moe.MOE_KEY] = moe_layout
+        card = {**card, moe.MOE_KEY: moe_layout}
     _atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2))
     # The bare config under the model's own name, for `open_clip.add_model_config(<file>)`
     # (open_clip names a config after its file), so get_tokenizer(name) works too.
@@ -158,7 +167,10 @@ def load_model(
     loaded = build_model(name, cfg, device="cpu")
     if name == saved["model_name"] and saved.get("preprocess_cfg"):
         _apply_preprocess_cfg(loaded, saved["preprocess_cfg"])
+    card = read_card(model_dir)
+    # MoE layout: from the config, else from the card (the registry keeps the card).
+    moe.restore_layout(loaded.model, saved.get(moe.MOE_KEY) or card.get(moe.MOE_KEY))
     load_weights(loaded.model, weights, name)
     loaded.model.to(device).eval()
-    loaded.card = read_card(model_dir)
+    loaded.card = card
     return loaded

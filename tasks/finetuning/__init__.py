@@ -1,0 +1,1 @@
+"""Fine-tuning recipes (one module each) and WiSE-FT; the finetune stage picks one by name."""
