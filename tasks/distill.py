@@ -233,7 +233,7 @@ def train_stages(
     parent, parent_name = teacher, "teacher"
     records, report, result = [], None, None
     for i, plan in enumerate(plans):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         student = plan.loaded
         report = inherit_weights(parent.model.cpu(), student.model) if cfg.inherit else None
         tensors = ReinforcedTensors.build(data, student, cfg.extra_caption_p)
@@ -260,6 +260,7 @@ def train_stages(
                 "steps": result.steps,
                 "final_loss": round(result.final_loss, 5),
                 "wall_s": round(time.perf_counter() - started, 2),
+                "cpu_s": round(time.process_time() - cpu, 2),
             }
         )
         student.model.cpu()
@@ -347,7 +348,7 @@ def compare(
     )
     out["eval_wall_s"] = round(time.perf_counter() - started, 2)
     if cfg.compare_scratch:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         scratch, result = train_scratch(plans[-1], data, cfg, total_epochs, device, layout)
         out["scratch_zeroshot_acc1"] = zeroshot_acc1(scratch, digits, device)
         out["scratch_steps"] = result.steps
@@ -355,6 +356,8 @@ def compare(
             out["student_zeroshot_acc1"] - out["scratch_zeroshot_acc1"], 4
         )
         out["scratch_wall_s"] = round(time.perf_counter() - started, 2)
+        # CPU seconds of this process: the cost on a shared machine, where wall time is not
+        out["scratch_cpu_s"] = round(time.process_time() - cpu, 2)
     else:  # the declared plot exists either way (an empty curve), never a stale one
         write_loss_csv([], layout.train_log("distill_scratch"))
     return out
