@@ -162,7 +162,8 @@ def _check_lineage(teacher: LoadedModel, data: ReinforcedDataset, layout: Layout
     if sha not in members:
         raise StageError(
             f"{layout.reinforced_db} was built from teacher weights "
-            f"{', '.join(m[:12] for m in members)}, but models/teacher holds {sha[:12]}: "
+            f"{', '.join(m[:12] for m in members)}, but models/teacher holds {sha[:12]} "
+            "(the student inherits from it, so it must be one of reinforce.teachers): "
             "re-run the reinforce stage"
         )
     return sha
