@@ -80,12 +80,8 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
         p,
         result,
         len(rows),
-        {"unique_captions": data.num_unique_captions, "locked": _locks(p)},
+        {"unique_captions": data.num_unique_captions},
     )
-
-
-def _locks(p) -> list[str]:
-    return [tower for tower, on in (("text", p.lock_text), ("image", p.lock_image)) if on]
 
 
 def loaded_checkpoint_path(pretrained: str) -> Path:
