@@ -133,7 +133,7 @@ def reinforced(tmp_path_factory: pytest.TempPathFactory) -> Layout:
 
 @pytest.fixture(scope="module")
 def distilled(reinforced: Layout) -> tuple[Layout, DistillSummary]:
-    return reinforced, distill.run(reinforce_params(), reinforced)
+    return reinforced, distill.run(reinforce_params(compare_scratch=True), reinforced)
 
 
 def test_student_is_loadable_smaller_and_names_its_parent(distilled) -> None:
