@@ -67,6 +67,11 @@ class Layout:
     def reinforced_db(self) -> Path:
         return self.root / "data" / "reinforced"
 
+    # distill: the student vs the teacher and the from-scratch student (zero-shot acc1)
+    @property
+    def distill_metrics(self) -> Path:
+        return self.root / "metrics" / "distill.json"
+
     # evaluate
     @property
     def eval_metrics(self) -> Path:

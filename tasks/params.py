@@ -251,12 +251,42 @@ class TrainParams(StrictModel):
 
 
 class TeacherParams(TrainParams):
-    model: str = Field("clipops-vit-s-minilm", description="repo JSON config or open_clip name")
+    """The teacher: any architecture, optionally from a local checkpoint, towers lockable.
+
+    Locking the image tower is LiT (locked-image tuning): the text tower learns to match a
+    PRETRAINED image tower, so `lock_image` needs `pretrained` (whole checkpoint) or
+    `pretrained_image` (image-tower weights only). A locked random image tower would make the
+    teacher worthless, so that combination is refused, as is locking both towers.
+    """
+
+    model: str = Field(
+        "clipops-vit-s-minilm",
+        description="repo config name, open_clip name, or a path to an open_clip JSON config",
+    )
     pretrained: str | None = Field(None, description="local checkpoint path (no downloads)")
+    pretrained_image: str | None = Field(
+        None, description="local checkpoint whose image tower (visual.*) is loaded, e.g. for LiT"
+    )
     lock_text: bool = Field(True, description="lock the pretrained text tower (LLM2CLIP idea)")
+    lock_image: bool = Field(
+        False, description="lock the pretrained image tower (LiT); needs pretrained weights"
+    )
     epochs: int = Field(
         4, ge=1, le=10_000, description="4 reach digits zero-shot acc1 ~0.86 on the bundled mix"
     )
+
+    @model_validator(mode="after")
+    def _lockable(self) -> TeacherParams:
+        if self.lock_image and self.lock_text:
+            raise ValueError(
+                "lock_image and lock_text are both true: nothing would train; unlock one tower"
+            )
+        if self.lock_image and self.pretrained is None and self.pretrained_image is None:
+            raise ValueError(
+                "lock_image (LiT) needs pretrained image weights: set teacher.pretrained or "
+                "teacher.pretrained_image to a local checkpoint"
+            )
+        return self
 
 
 class ReinforceParams(StrictModel):
@@ -267,16 +297,43 @@ class ReinforceParams(StrictModel):
     )
     batch_size: int = Field(256, ge=1)
     seed: int = 0
+    extra_captions: str = Field(
+        "templates",
+        min_length=1,
+        description="extra captions per image: none | templates (other train templates of the "
+        "bundled sources) | path to a CSV/JSONL of id -> caption(s)",
+    )
+    max_extra_captions: int = Field(
+        5, ge=1, le=100, description="extra captions kept per image (MobileCLIP: 5 synthetic)"
+    )
+    teachers: list[str] = Field(
+        default_factory=lambda: ["models/teacher"],
+        min_length=1,
+        description="teacher model folders (relative to the project root); several = an "
+        "ensemble whose embeddings are concatenated",
+    )
 
 
 class DistillParams(TrainParams):
     """Student training on the reinforced dataset; its views come from `reinforce`, so the
-    inherited crop_scale_min / flip_p are not used here."""
+    inherited crop_scale_min / flip_p are not used here.
 
-    student: str = Field("clipops-vit-xs-minilm", description="student JSON config")
+    Loss: `tinyclip` = alpha*w*affinity + (1-alpha)*w*CLIP at teacher scale
+    `teacher_logit_scale`; `mobileclip` = w0*CLIP + w1*KD, teacher scale fixed at 100.
+    """
+
+    student: str = Field(
+        "clipops-vit-xs-minilm",
+        description="student config name or JSON path (with progressive: unused)",
+    )
     inherit: bool = Field(True, description="TinyCLIP manual weight inheritance from the teacher")
-    alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of the affinity (soft) loss")
-    weight: float = Field(1.0, gt=0.0, description="TinyCLIP distillation weight w")
+    loss: Literal["tinyclip", "mobileclip"] = Field(
+        "tinyclip", description="tinyclip (alpha, weight) or mobileclip (w0, w1)"
+    )
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="tinyclip: share of the affinity loss")
+    weight: float = Field(1.0, gt=0.0, description="tinyclip: distillation weight w")
+    w0: float = Field(0.0, ge=0.0, description="mobileclip: weight of the CLIP loss")
+    w1: float = Field(1.0, ge=0.0, description="mobileclip: weight of the KD loss")
     epochs: int = Field(
         16, ge=1, le=10_000, description="16 keeps >= 0.9x the teacher's digits acc1 (8: 0.81x)"
     )
@@ -284,12 +341,43 @@ class DistillParams(TrainParams):
         100.0,
         gt=0.0,
         le=1000.0,
-        description="fixed teacher logit scale (MobileCLIP: 100); null = the teacher's own",
+        description="tinyclip: fixed teacher logit scale (as MobileCLIP: 100); null = the "
+        "teacher's own",
+    )
+    extra_caption_p: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="chance a step uses one of an image's extra captions instead of the real one",
+    )
+    progressive: list[float | str] = Field(
+        default_factory=list,
+        description="TinyCLIP multi-stage: fractions of the teacher's vision width and depth "
+        "(or config names/paths), e.g. [0.75, 0.5]; the last stage is the student; [] = one "
+        "stage with `student`",
+    )
+    stage_epochs: int | None = Field(
+        None, ge=1, le=10_000, description="epochs per non-final progressive stage (null: epochs)"
+    )
+    compare_scratch: bool = Field(
+        False,
+        description="also train the student architecture from scratch (plain contrastive, same "
+        "steps and batch size) and report its digits acc1 in metrics/distill.json; off by "
+        "default: it costs as much as the distillation (~80 s), see bench/distill_vs_scratch",
     )
     lock_text: bool = Field(True, description="lock the student's pretrained text tower")
     max_vision_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="largest allowed student/teacher vision parameter ratio"
+        0.25, gt=0.0, le=1.0, description="largest allowed student/teacher vision parameter ratio"
     )
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> DistillParams:
+        for step in self.progressive:
+            if isinstance(step, float) and not 0.0 < step < 1.0:
+                raise ValueError(f"progressive fractions must be in (0, 1), got {step}")
+        if self.loss == "mobileclip" and self.w0 + self.w1 <= 0:
+            raise ValueError("mobileclip needs w0 + w1 > 0")
+        return self
 
 
 RecipeName = Literal["contrastive", "m2mix", "cleanclip", "locked-text", "moe"]

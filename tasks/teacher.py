@@ -5,9 +5,16 @@ Reads `params.teacher` (+ `seed`, `device`), `data/curate/curated.parquet`; writ
 
 The default is a small ViT with the pretrained MiniLM text tower locked (LLM2CLIP's idea:
 a frozen, good text encoder gives the image tower a fixed target; from-scratch text sat
-at chance for epochs here). `teacher.model` may be any repo or open_clip config name and
-`teacher.pretrained` a local checkpoint to start from; `epochs: 0` is not allowed, so a
-pretrained checkpoint is always adapted to the data at least one epoch.
+at chance for epochs here). `teacher.model` may be any repo or open_clip config name or a
+path to an open_clip JSON config; `teacher.pretrained` a local checkpoint to start from.
+`epochs: 0` is not allowed, so a pretrained checkpoint is always adapted to the data at
+least one epoch.
+
+LiT (`teacher.lock_image`): the image tower is frozen and only the text side (and the
+temperature) learn. It needs pretrained image weights, from `teacher.pretrained` (a whole
+checkpoint) or `teacher.pretrained_image` (only the `visual.*` tensors of any checkpoint
+whose image tower has this config's shape); params validation refuses lock_image without
+either, and locking both towers (nothing would train).
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from typing import Any
 import torch
 
 from tasks.device import pick_device
+from tasks.distillation.configs import build_from_config, model_config
 from tasks.errors import StageError
 from tasks.layout import Layout
-from tasks.models.factory import WEIGHTS_FILE, ModelLoadError, create_model
+from tasks.models.factory import WEIGHTS_FILE, ModelLoadError
 from tasks.models.io import sha256_file
 from tasks.models.zoo import UnknownModelError
 from tasks.params import PipelineParams
@@ -40,9 +48,17 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
 
     torch.manual_seed(p.seed)  # the model's random init is part of the run's seed
     try:
-        loaded = create_model(p.model, pretrained=p.pretrained, device="cpu", lock_text=p.lock_text)
+        name, cfg = model_config(p.model)
+        loaded = build_from_config(
+            name,
+            cfg,
+            pretrained=p.pretrained,
+            pretrained_image=p.pretrained_image,
+            lock_text=p.lock_text,
+            lock_image=p.lock_image,
+        )
     except (UnknownModelError, ModelLoadError) as exc:
-        raise StageError(f"teacher.model / teacher.pretrained: {exc}") from None
+        raise StageError(f"teacher.model / teacher.pretrained(_image): {exc}") from None
 
     data = PairTensors.from_frame(rows, loaded, augment_from(p))
     result = train(
@@ -52,6 +68,10 @@ def run(params: PipelineParams, layout: Layout) -> dict[str, Any]:
     if p.pretrained is not None:
         path = loaded_checkpoint_path(p.pretrained)
         parent = {"stage": "pretrained", "path": str(path), "weights_sha256": sha256_file(path)}
+    if p.pretrained_image is not None:
+        path = loaded_checkpoint_path(p.pretrained_image)
+        image_parent = {"path": str(path), "weights_sha256": sha256_file(path)}
+        parent = {**(parent or {"stage": "pretrained"}), "image_tower": image_parent}
     return save_trained(
         loaded,
         layout.model_dir("teacher"),

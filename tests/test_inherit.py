@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tasks.distillation.configs import scaled_config
 from tasks.distillation.inherit import (
     HeadLayout,
     inherit_weights,
@@ -14,6 +15,7 @@ from tasks.distillation.inherit import (
     slice_qkv,
 )
 from tasks.models.factory import create_model, vision_parameters
+from tasks.models.zoo import get_model_config
 
 TEACHER = "clipops-vit-s-minilm"  # 4 layers, width 128, 4 heads of 32
 STUDENT = "clipops-vit-xs-minilm"  # 2 layers, width 64, 2 heads of 32
@@ -134,3 +136,62 @@ def test_head_slicing_with_narrower_heads() -> None:
     assert torch.equal(got_out[:, 2], out[:6, 4])
     with pytest.raises(ValueError, match="exceed"):
         slice_qkv(torch.zeros(12, 6), student, teacher, (36, 12))
+
+
+def tinyclip_qkv_reference(v: torch.Tensor, head_dim: int, heads: int, dim: int) -> torch.Tensor:
+    """TinyCLIP weight_inherit's formula for a fused in-projection, written out by hand."""
+    teacher_heads = v.shape[0] // (3 * head_dim)
+    if v.dim() == 2:
+        grid = v.view(3, teacher_heads, head_dim, v.shape[1])
+        return grid[:, :heads, :, :dim].reshape(3 * heads * head_dim, dim)
+    return v.view(3, teacher_heads, head_dim)[:, :heads].reshape(-1)
+
+
+def test_qkv_slicing_equals_the_reference_formula_on_a_hand_made_tensor() -> None:
+    # 4 teacher heads of width 3, input 12 -> 2 student heads, input 6. Every entry distinct.
+    w = torch.arange(3 * 4 * 3 * 12, dtype=torch.float32).reshape(36, 12)
+    b = torch.arange(36, dtype=torch.float32)
+    t, s = HeadLayout(num_heads=4, head_dim=3), HeadLayout(num_heads=2, head_dim=3)
+    got_w = slice_qkv(w, t, s, (18, 6))
+    got_b = slice_qkv(b, t, s, (18,))
+    assert torch.equal(got_w, tinyclip_qkv_reference(w, 3, 2, 6))
+    assert torch.equal(got_b, tinyclip_qkv_reference(b, 3, 2, 6))
+    # Spelled out: the student's k block starts at teacher row 12 (q holds 4 heads x 3 rows).
+    assert torch.equal(got_b[6:12], torch.arange(12, 18, dtype=torch.float32))
+    assert torch.equal(got_w[6], w[12, :6])
+    # A plain front slice would have taken q rows for k: the head view matters.
+    assert not torch.equal(got_w, w[:18, :6])
+
+
+def test_out_projection_with_whole_heads_is_the_front_slice() -> None:
+    """TinyCLIP front-slices out_proj; with head_width kept that equals our per-head slice."""
+    out = torch.randn(12, 12)
+    t, s = HeadLayout(num_heads=4, head_dim=3), HeadLayout(num_heads=2, head_dim=3)
+    assert torch.equal(slice_out_proj(out, t, s, (6, 6)), out[:6, :6])
+
+
+def test_inherited_student_computes_with_sliced_tensors_only(teacher: nn.Module, inherited):
+    """Every sliced student tensor is exactly the front (or per-head) slice of its source."""
+    student, report = inherited
+    t = teacher.state_dict()
+    s = student.state_dict()
+    for s_key, (t_key, _, shape) in report.sliced.items():
+        if "in_proj" in s_key:
+            continue  # head-structured, checked against the reference formula above
+        assert torch.equal(s[s_key], t[t_key][tuple(slice(0, n) for n in shape)]), s_key
+
+
+def test_scaled_configs_keep_head_width_and_text_tower() -> None:
+    teacher_cfg = get_model_config(TEACHER)
+    half = scaled_config(teacher_cfg, 0.5)
+    xs = get_model_config(STUDENT)
+    for key in ("layers", "width", "head_width", "patch_size", "image_size"):
+        assert half["vision_cfg"][key] == xs["vision_cfg"][key], key  # 0.5 x s == xs
+    assert half["text_cfg"] == teacher_cfg["text_cfg"] and half["embed_dim"] == 256
+    three_quarters = scaled_config(teacher_cfg, 0.75)["vision_cfg"]
+    assert (three_quarters["layers"], three_quarters["width"]) == (3, 96)  # 3 heads of 32
+    tiny = scaled_config(teacher_cfg, 0.01)["vision_cfg"]
+    assert (tiny["layers"], tiny["width"]) == (1, 32)  # never below one layer, one head
+    assert teacher_cfg["vision_cfg"]["width"] == 128  # the teacher's config is not modified
+    with pytest.raises(ValueError, match="ViT"):
+        scaled_config({"vision_cfg": {"layers": [3, 4, 6, 3], "width": 64}}, 0.5)

@@ -20,6 +20,7 @@ from tasks.distillation.augment_params import (
     sample_view,
     sample_views,
 )
+from tasks.distillation.extra_captions import extra_captions_for
 from tasks.distillation.reinforced_table import (
     MANIFEST,
     VIEWS,
@@ -220,3 +221,92 @@ def test_incomplete_dataset_is_rejected_with_a_reason(reinforced, tmp_path: Path
     db.drop_table(MANIFEST)
     with pytest.raises(ReinforcedDataError, match="no table 'manifest'"):
         read_reinforced(copy)
+
+
+# --- extra captions ----------------------------------------------------------------------
+
+
+def test_extra_captions_are_other_train_templates_with_teacher_vectors(
+    reinforced, teacher: LoadedModel
+) -> None:
+    layout, pairs = reinforced
+    data = read_reinforced(layout.reinforced_db)
+    labels = pairs.set_index("id")["label"]
+    templates = PipelineParams().ingest.digits.train_templates
+    eval_templates = PipelineParams().ingest.digits.eval_templates
+    for i, pid in enumerate(data.pair_ids):
+        extras = data.extra_captions[i]
+        allowed = {t.format(labels[pid]) for t in templates}
+        assert len(extras) == 5 and set(extras) <= allowed
+        assert data.captions[i] not in extras and len(set(extras)) == 5
+        assert not {t.format(labels[pid]) for t in eval_templates} & set(extras)
+    rows = [0, 7]
+    for i in rows:
+        expected = encode_texts(teacher, data.extra_captions[i])
+        np.testing.assert_allclose(data.extra_vectors[i], expected, atol=1e-5)
+    assert data.manifest["extra_captions"] == "templates"
+
+
+def _train_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ["digits-0001", "textiles-a", "shapes-b", "user-c"],
+            "caption": [
+                "a handwritten one.",
+                "a scan of nominal cloth.",
+                "a big red circle in the top left and a small blue square in the centre",
+                "my cat",
+            ],
+            "source": ["digits", "textiles", "shapes", "user"],
+            "label": ["one", "nominal", None, None],
+        }
+    )
+
+
+def test_template_extras_per_source() -> None:
+    extras = extra_captions_for(_train_rows(), PipelineParams(), Path("."))
+    assert extras.by_id["digits-0001"][0] == "a photo of the digit one."
+    assert "a handwritten one." not in extras.by_id["digits-0001"]
+    assert set(extras.by_id["textiles-a"]) == {
+        "a photo of nominal fabric.",
+        "a close-up of nominal textile with an even weave.",
+        "a nominal piece of woven fabric without flaws.",
+    }
+    assert extras.by_id["shapes-b"][0] == (
+        "a small blue square in the centre and a big red circle in the top left"
+    )
+    assert extras.by_id["user-c"] == []
+    none = extra_captions_for(
+        _train_rows(), parse_params({"reinforce": {"extra_captions": "none"}}), Path(".")
+    )
+    assert none.total == 0
+
+
+def test_extra_captions_from_user_files(tmp_path: Path) -> None:
+    csv_path = tmp_path / "extra.csv"
+    csv_path.write_text(
+        "id,caption\nuser-c,a cat on a sofa\nuser-c,my cat\nuser-c,\nnobody,lost caption\n"
+        "user-c,a sleeping cat\n"
+    )
+    params = parse_params({"reinforce": {"extra_captions": "extra.csv", "max_extra_captions": 5}})
+    extras = extra_captions_for(_train_rows(), params, tmp_path)
+    assert extras.by_id["user-c"] == ["a cat on a sofa", "a sleeping cat"]  # real one removed
+    assert extras.by_id["digits-0001"] == []
+    assert extras.dropped == {"empty_caption": 1, "id_not_in_train_split": 1}
+    jsonl = tmp_path / "extra.jsonl"
+    jsonl.write_text('{"id": "shapes-b", "captions": ["two shapes", "red and blue"]}\nnot json\n')
+    params = parse_params({"reinforce": {"extra_captions": str(jsonl), "max_extra_captions": 1}})
+    extras = extra_captions_for(_train_rows(), params, tmp_path)
+    assert len(extras.by_id["shapes-b"]) == 1  # capped, seeded choice
+    assert extras.by_id["shapes-b"][0] in {"two shapes", "red and blue"}
+    assert extras.dropped == {"malformed_json": 1}
+    for bad, match in (("missing.csv", "not found"), ("x.txt", "unknown format")):
+        (tmp_path / "x.txt").write_text("id,caption\n")
+        params = parse_params({"reinforce": {"extra_captions": bad}})
+        with pytest.raises(StageError, match=match):
+            extra_captions_for(_train_rows(), params, tmp_path)
+    (tmp_path / "cols.csv").write_text("pair,text\na,b\n")
+    with pytest.raises(StageError, match="id and caption"):
+        extra_captions_for(
+            _train_rows(), parse_params({"reinforce": {"extra_captions": "cols.csv"}}), tmp_path
+        )

@@ -1,20 +1,27 @@
 """The reinforced dataset (MobileCLIP's DataCompDR, in small): LanceDB tables, declared once.
 
-A LanceDB database directory (`layout.reinforced_db`) holding four tables:
+A LanceDB database directory (`layout.reinforced_db`) holding five tables:
 
 - `images`: pair_id, sha256, source, label, image (encoded bytes): the training images, so
   the dataset is self-contained (a view is re-created from these bytes and its parameters);
 - `image_views`: pair_id, aug_index, aug_params (JSON, see augment_params), vector: the
   teacher's L2-normalised embedding of each stored view;
 - `captions`: pair_id, caption, vector: the teacher's embedding of each pair's caption;
+- `extra_captions`: pair_id, caption_index, caption, vector: further true captions of the
+  image (other templates of its source, or the user's), MobileCLIP's synthetic captions;
 - `manifest`: one row naming the teacher (stage, model name, weights sha256, logit scale),
-  the image size and the augmentation settings, so a reader can check what it trains on.
+  every ensemble member (`teachers_json`), the image size and the augmentation settings,
+  so a reader can check what it trains on.
+
+With an ensemble, every `vector` is the concatenation of the members' L2-normalised
+embeddings in manifest order (MobileCLIP stores 2 x 768 for its two ViT-L/14 teachers).
 
 Every table is rewritten as a whole by the reinforce stage (mode "overwrite").
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,8 @@ import pyarrow as pa
 from tasks.distillation.augment_params import ViewParams
 
 IMAGES, VIEWS, CAPTIONS, MANIFEST = "images", "image_views", "captions", "manifest"
-TABLES = (IMAGES, VIEWS, CAPTIONS, MANIFEST)
+EXTRA_CAPTIONS = "extra_captions"
+TABLES = (IMAGES, VIEWS, CAPTIONS, EXTRA_CAPTIONS, MANIFEST)
 
 
 class ReinforcedDataError(ValueError):
@@ -70,6 +78,18 @@ def captions_schema(dim: int) -> pa.Schema:
     )
 
 
+def extra_captions_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("caption_index", pa.int32(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        ],
+        metadata={"clipops.table": "teacher text embedding per extra caption of an image"},
+    )
+
+
 def manifest_schema() -> pa.Schema:
     return pa.schema(
         [
@@ -84,6 +104,8 @@ def manifest_schema() -> pa.Schema:
             pa.field("flip_p", pa.float64(), nullable=False),
             pa.field("seed", pa.int64(), nullable=False),
             pa.field("num_images", pa.int64(), nullable=False),
+            pa.field("teachers_json", pa.string(), nullable=False),
+            pa.field("extra_captions", pa.string(), nullable=False),
         ],
         metadata={"clipops.table": "what produced the reinforced dataset"},
     )
@@ -143,6 +165,24 @@ class ReinforcedWriter:
         schema = captions_schema(self.dim)
         self.db.create_table(CAPTIONS, data=table, schema=schema, mode="overwrite")
 
+    def write_extra_captions(
+        self, pair_ids: list[str], index: list[int], captions: list[str], vectors: np.ndarray
+    ) -> None:
+        """Every extra caption of every image (possibly none: the table is still written)."""
+        if len(vectors) and not np.isfinite(vectors).all():
+            raise ReinforcedDataError("teacher produced non-finite extra-caption embeddings")
+        schema = extra_captions_schema(self.dim)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(pair_ids, pa.string()),
+                pa.array(index, pa.int32()),
+                pa.array(captions, pa.string()),
+                vectors_column(vectors.reshape(-1, self.dim), self.dim),
+            ],
+            schema=schema,
+        )
+        self.db.create_table(EXTRA_CAPTIONS, data=table, schema=schema, mode="overwrite")
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         table = pa.Table.from_pylist([manifest], schema=manifest_schema())
         self.db.create_table(MANIFEST, data=table, schema=manifest_schema(), mode="overwrite")
@@ -153,7 +193,9 @@ class ReinforcedDataset:
     """The reinforced dataset in memory, rows aligned by pair.
 
     `view_vectors[i, a]` is the teacher embedding of view `views[i][a]` of image `images[i]`;
-    `text_vectors[i]` the teacher embedding of `captions[i]`.
+    `text_vectors[i]` the teacher embedding of `captions[i]`; `extra_captions[i]` the extra
+    captions of image i and `extra_vectors[i]` their embeddings (`[E_i, D]`, E_i may be 0).
+    `teachers` lists the ensemble members (model name, sha256, embed_dim, logit scale).
     """
 
     pair_ids: list[str]
@@ -163,9 +205,24 @@ class ReinforcedDataset:
     views: list[list[ViewParams]]  # N x k
     view_vectors: np.ndarray  # (N, k, D)
     manifest: dict[str, Any]
+    extra_captions: list[list[str]]
+    extra_vectors: list[np.ndarray]
 
     def __len__(self) -> int:
         return len(self.pair_ids)
+
+    @property
+    def teachers(self) -> list[dict[str, Any]]:
+        """The ensemble members in vector order (one for a single teacher)."""
+        return json.loads(self.manifest["teachers_json"])
+
+    @property
+    def member_dims(self) -> list[int]:
+        return [int(t["embed_dim"]) for t in self.teachers]
+
+    @property
+    def member_logit_scales(self) -> list[float]:
+        return [float(t["logit_scale"]) for t in self.teachers]
 
 
 def _read_table(db: Any, name: str, path: Path) -> pd.DataFrame:
@@ -214,6 +271,7 @@ def read_reinforced(path: str | Path) -> ReinforcedDataset:
     view_vectors = view_vectors.reshape(len(pair_ids), k, -1)
     params = [ViewParams.from_json(p) for p in views["aug_params"]]
     captions = captions.loc[pair_ids]
+    extra_captions, extra_vectors = _read_extras(db, path, pair_ids, view_vectors.shape[-1])
     return ReinforcedDataset(
         pair_ids=pair_ids,
         images=list(images.loc[pair_ids, "image"]),
@@ -222,4 +280,32 @@ def read_reinforced(path: str | Path) -> ReinforcedDataset:
         views=[params[i * k : (i + 1) * k] for i in range(len(pair_ids))],
         view_vectors=view_vectors,
         manifest=manifest,
+        extra_captions=extra_captions,
+        extra_vectors=extra_vectors,
     )
+
+
+def _read_extras(
+    db: Any, path: Path, pair_ids: list[str], dim: int
+) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Extra captions and vectors per image, in caption_index order (empty lists allowed)."""
+    table = _read_table(db, EXTRA_CAPTIONS, path)
+    unknown = sorted(set(table["pair_id"]) - set(pair_ids))
+    if unknown:
+        raise ReinforcedDataError(
+            f"{path}: extra_captions names {len(unknown)} images it does not store, "
+            f"e.g. {unknown[0]}: re-run reinforce"
+        )
+    table = table.sort_values(["pair_id", "caption_index"])
+    groups = dict(list(table.groupby("pair_id", sort=False)))
+    captions: list[list[str]] = []
+    vectors: list[np.ndarray] = []
+    for pid in pair_ids:
+        rows = groups.get(pid)
+        if rows is None:
+            captions.append([])
+            vectors.append(np.zeros((0, dim), dtype=np.float32))
+            continue
+        captions.append(rows["caption"].tolist())
+        vectors.append(np.stack(rows["vector"].to_numpy()).astype(np.float32).reshape(-1, dim))
+    return captions, vectors
