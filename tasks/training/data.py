@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import open_clip
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 
 from tasks.images import decode_images, normalize, random_resized_crop_flip
 from tasks.models.factory import LoadedModel
@@ -149,7 +151,62 @@ class PairTensors:
 
 
 def encode_batch_text(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Normalised text features of a batch: projection of pooled features, or the full tower."""
+    """Normalised text features of a batch: projection of pooled features, or the tower.
+
+    The tower reads token ids cut after the batch's longest caption when that cannot change
+    its output (`text_prefix_length`): captions here use ~12 of 32 positions, so this saves
+    roughly half of the text tower's training time.
+    """
     if "text_pooled" in batch:
         return F.normalize(model.text.proj(batch["text_pooled"]), dim=-1)
-    return model.encode_text(batch["text"], normalize=True)
+    tokens = batch["text"]
+    length = text_prefix_length(model, tokens)
+    if length is None or length == tokens.shape[1]:
+        return model.encode_text(tokens, normalize=True)
+    if isinstance(model, open_clip.CLIP):
+        return F.normalize(_causal_text_prefix(model, tokens[:, :length]), dim=-1)
+    return model.encode_text(tokens[:, :length], normalize=True)  # HF tower: pads are masked
+
+
+def text_prefix_length(model: torch.nn.Module, tokens: torch.Tensor) -> int | None:
+    """How many leading token positions determine the text features exactly, or None.
+
+    - open_clip's CLIP text transformer with its causal mask and EOT (`argmax`) or `eos`
+      pooling: a position attends only to earlier ones and the pooled one is the end token,
+      so the positions after the longest caption's end token never reach the output (nor
+      the gradients).
+    - an HF text tower: padding is masked out of attention and pooling.
+    Anything else (no causal mask, first/last-token pooling, wrappers) returns None.
+    """
+    if tokens.numel() == 0:
+        return None
+    text = getattr(model, "text", None)
+    pad_id = getattr(getattr(text, "config", None), "pad_token_id", None)
+    if pad_id is not None and hasattr(text, "transformer") and hasattr(text, "pooler"):
+        used = (tokens != pad_id).any(dim=0).nonzero()
+        return int(used.max()) + 1 if len(used) else None
+    if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
+        return None
+    if model.text_pool_type == "argmax":
+        ends = tokens.argmax(dim=-1)
+    elif model.text_pool_type == "eos":
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    else:
+        return None
+    return int(ends.max()) + 1
+
+
+def _causal_text_prefix(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """`CLIP.encode_text` (open_clip 3.3) on a token prefix: position embedding and causal
+    mask cut to the prefix length; everything else is the model's own modules."""
+    cast_dtype = model.transformer.get_cast_dtype()
+    n = tokens.shape[1]
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=model.text_eos_id)
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
