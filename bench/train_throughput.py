@@ -8,7 +8,8 @@ One run, one process, the same machine state for both systems:
 1. Data: the bundled sources through the real `ingest` and `curate` stage functions into a
    tmp project; a seeded sample of `--rows` curated TRAIN rows is kept (the curated table is
    rewritten to that sample, so the reinforce stage sees the same rows). open_clip_train reads
-   the same rows as image files plus a CSV.
+   the same rows as image files plus a CSV. (`--data shapes`: generated shapes pairs
+   through ingest only, for smoke runs.)
 2. For each model config (a locked pretrained MiniLM text tower, and an unlocked text tower):
    our trainer (`tasks.training.train`, `ClipObjective`, `PairTensors`) and
    `open_clip_train.main([...])` in-process, with the same batch size, epochs, AdamW
@@ -104,11 +105,14 @@ class BenchSettings:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2
-    data: str = "bundled"  # "bundled" (digits, textiles, shapes) or "shapes" (generated only)
+    # "bundled": digits, textiles and shapes through ingest + curate; "shapes": generated
+    # shapes through ingest only (a smoke-test size, no curation)
+    data: str = "bundled"
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     distill: bool = True
     distill_epochs: int = 3
     num_augmentations: int = 5
+    student: str = STUDENT
 
     def train_params(self, epochs: int | None = None) -> TrainParams:
         return TrainParams(
@@ -235,7 +239,6 @@ def pipeline_params(settings: BenchSettings) -> PipelineParams:
             "textiles": {"enabled": False},
             "shapes": {"num_pairs": pairs, "exact_duplicates": 0, "near_duplicates": 0},
         }
-        data["curate"] = {"wordfreq_top_n": 500}
     elif settings.data != "bundled":
         raise ValueError(f"--data must be 'bundled' or 'shapes', got {settings.data!r}")
     return parse_params(data)
@@ -246,8 +249,10 @@ def prepare_rows(settings: BenchSettings, layout: Layout) -> pd.DataFrame:
     params = pipeline_params(settings)
     with _quiet():
         ingest.run(params, layout)
-        curate.run(params, layout)
-    curated = read_pairs(layout.curated)
+        if settings.data == "bundled":
+            curate.run(params, layout)
+    # generated shapes carry exact captions and no injected copies: used as ingested
+    curated = read_pairs(layout.curated if settings.data == "bundled" else layout.pairs)
     train_rows = curated[curated["split"] == "train"]
     if len(train_rows) < settings.rows:
         raise ValueError(
@@ -425,12 +430,12 @@ def run_open_clip(
     end_to_end = time.perf_counter() - started
     if code not in (None, 0):
         raise RuntimeError(f"open_clip_train.main exited with {code} (see {workdir}/none)")
-    loss = sum(v for k, v in last_loss.items() if k.endswith("loss"))
+    loss = sum(float(v.detach()) for k, v in last_loss.items() if k.endswith("loss"))
     return SystemRun(
         rates=clock.rates(settings.batch_size, settings.skip_steps),
         setup_s=round(clock.wall[0] - started, 3),
         end_to_end_s=round(end_to_end, 3),
-        final_loss=round(float(loss), 4),
+        final_loss=round(loss, 4),
     )
 
 
@@ -521,7 +526,7 @@ class OnlineTeacherBatches:
 
 def _student(settings: BenchSettings, teacher: LoadedModel) -> LoadedModel:
     torch.manual_seed(settings.seed)
-    student = create_model(STUDENT, lock_text=True)
+    student = create_model(settings.student, lock_text=True)
     inherit_weights(teacher.model, student.model)
     return student
 
@@ -577,7 +582,7 @@ def compare_distill(
     online = _distill_epoch_time(settings, student, online_data, scale)
     saved = online["epoch_s"] - stored["epoch_s"]
     return {
-        "student": STUDENT,
+        "student": settings.student,
         "teacher": teacher.name,
         "rows": len(rows),
         "num_augmentations": settings.num_augmentations,
@@ -659,12 +664,9 @@ def run_bench(settings: BenchSettings, out: Path | None = DEFAULT_OUT) -> dict[s
             for i, spec in enumerate(settings.configs):
                 record, trained = compare_config(settings, rows, csv, spec, root, flip=i % 2 == 1)
                 configs.append(record)
-                if teacher is None and record["text_tower"] == "locked":
-                    teacher = trained
+                teacher = teacher or trained  # the first config is the distillation teacher
             distill = None
-            if settings.distill:
-                if teacher is None:
-                    teacher = run_ours(settings, rows, *parse_config(DEFAULT_CONFIGS[0]))[1]
+            if settings.distill and teacher is not None:
                 distill = compare_distill(settings, layout, teacher, rows)
         finally:
             if cache_env is None:
@@ -706,6 +708,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, Path]:
     p.add_argument("--no-distill", action="store_true", help="skip the distillation comparison")
     p.add_argument("--distill-epochs", type=int, default=defaults.distill_epochs)
     p.add_argument("--num-augmentations", type=int, default=defaults.num_augmentations)
+    p.add_argument("--student", default=defaults.student, help="distilled student config")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     settings = BenchSettings(
@@ -719,6 +722,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, Path]:
         distill=not a.no_distill,
         distill_epochs=a.distill_epochs,
         num_augmentations=a.num_augmentations,
+        student=a.student,
     )
     return settings, a.out
 

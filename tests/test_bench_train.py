@@ -1,0 +1,48 @@
+"""Smoke run of bench/train_throughput at a tiny size, so the benchmark cannot rot.
+
+It asserts what the report must contain (both systems, positive rates, ratios, the
+distillation comparison), never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import train_throughput as bench
+
+
+def test_bench_reports_both_systems_and_the_distillation_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "train_throughput.json"
+    code = bench.main(
+        [
+            "--rows", "24",
+            "--batch-size", "8",
+            "--epochs", "2",
+            "--skip-steps", "1",
+            "--data", "shapes",
+            "--threads", "1",
+            "--configs", "clipops-vit-s-text-s:unlocked",
+            "--student", "clipops-vit-s-text-s",
+            "--distill-epochs", "2",
+            "--num-augmentations", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["rows"] == 24
+    (record,) = report["configs"]
+    assert record["config"] == "clipops-vit-s-text-s" and record["text_tower"] == "trained"
+    for system in ("ours", "open_clip_train"):
+        rates = record[system]["rates"]
+        assert rates["steps"] == 2 * (24 // 8)  # same steps for both: same data, batch, epochs
+        assert rates["samples_per_s"] > 0 and rates["samples_per_cpu_s"] > 0
+        assert record[system]["end_to_end_s"] > 0
+    for key in ("ratio_steady", "ratio_steady_cpu", "ratio_all_steps", "ratio_end_to_end"):
+        assert record[key] > 0
+    distill = report["distill"]
+    for mode in ("reinforced", "online_teacher"):
+        assert distill[mode]["epoch_s"] > 0 and distill[mode]["steps"] == 2 * (24 // 8)
+    assert distill["ratio_epoch_time_online_over_reinforced"] > 0
+    assert distill["reinforce_stage_s"] > 0
