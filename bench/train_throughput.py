@@ -98,7 +98,7 @@ class BenchSettings:
 
     rows: int = 1024
     batch_size: int = 128
-    epochs: int = 3
+    epochs: int = 2
     skip_steps: int = 2
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -111,7 +111,7 @@ class BenchSettings:
     data: str = "bundled"
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     distill: bool = True
-    distill_epochs: int = 3
+    distill_epochs: int = 2
     num_augmentations: int = 5
     student: str = STUDENT
 
@@ -663,6 +663,7 @@ def run_bench(settings: BenchSettings, out: Path | None = DEFAULT_OUT) -> dict[s
     """Run every comparison once and write the JSON report; return it."""
     torch.set_num_threads(settings.threads)
     load_before = os.getloadavg()
+    started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clipops-bench-train-") as tmp:
         root = Path(tmp)
@@ -687,6 +688,7 @@ def run_bench(settings: BenchSettings, out: Path | None = DEFAULT_OUT) -> dict[s
             else:
                 os.environ["CLIPOPS_CACHE_DIR"] = cache_env
     report = {
+        "started_utc": started_utc,
         "settings": asdict(settings),
         "timed": (
             "steady: from the start of step skip_steps to the end of training; all_steps: "
