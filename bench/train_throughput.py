@@ -26,7 +26,9 @@ and one when training ends. "steady" = from the start of step `--skip-steps` to 
 step; "end to end" = model build + data preparation + training (ours: decode images once,
 tokenise / embed unique captions; open_clip_train: the whole `main()` call); "data_share"
 = the steady-state share of wall time spent building batches. Rates are
-samples/s; ratios are ours / open_clip_train (and online / reinforced epoch time).
+samples/s; ratios are ours / open_clip_train (and online / reinforced epoch time). Each
+config runs `--repeats` rounds in alternating order and reports the median per-round ratio
+(a shared machine's load drifts; a round compares two runs made back to back).
 Writes reports/bench/train_throughput.json and prints a table.
 """
 
@@ -96,9 +98,10 @@ OPEN_CLIP_CROP_SCALE = 0.9  # open_clip's default AugmentationCfg.scale = (0.9, 
 class BenchSettings:
     """Everything that must be equal between the systems compared."""
 
-    rows: int = 1024
+    rows: int = 768
     batch_size: int = 128
     epochs: int = 2
+    repeats: int = 2
     skip_steps: int = 2
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -450,33 +453,55 @@ def run_open_clip(
 
 
 def compare_config(
-    settings: BenchSettings, rows: pd.DataFrame, csv: Path, spec: str, workdir: Path, flip: bool
+    settings: BenchSettings, rows: pd.DataFrame, csv: Path, spec: str, workdir: Path
 ) -> tuple[dict[str, Any], LoadedModel]:
-    """Both systems on one config; `flip` runs open_clip_train first (spreads drift)."""
+    """Both systems on one config, `repeats` times in alternating order (ours first on even
+    rounds): on a shared machine the load drifts, so each round's ratio compares two runs
+    made back to back, and the reported ratio is the median over rounds."""
     name, lock_text = parse_config(spec)
     torch.set_num_threads(settings.threads)
-    if flip:
-        theirs = run_open_clip(settings, csv, name, lock_text, workdir)
-        ours, trained = run_ours(settings, rows, name, lock_text)
-    else:
-        ours, trained = run_ours(settings, rows, name, lock_text)
-        theirs = run_open_clip(settings, csv, name, lock_text, workdir)
+    rounds: list[tuple[SystemRun, SystemRun]] = []
+    trained = None
+    for r in range(settings.repeats):
+        if r % 2 == 0:
+            ours, trained = run_ours(settings, rows, name, lock_text)
+            theirs = run_open_clip(settings, csv, name, lock_text, workdir)
+        else:
+            theirs = run_open_clip(settings, csv, name, lock_text, workdir)
+            ours, _ = run_ours(settings, rows, name, lock_text)
+        rounds.append((ours, theirs))
+
+    def ratios(key: str) -> float:
+        return round(float(np.median([_ratio(o.rates[key], t.rates[key]) for o, t in rounds])), 3)
+
     record = {
         "config": name,
         "text_tower": "locked" if lock_text else "trained",
-        "ours": asdict(ours),
-        "open_clip_train": asdict(theirs),
-        "ratio_steady": _ratio(ours.rates["samples_per_s"], theirs.rates["samples_per_s"]),
-        "ratio_steady_cpu": _ratio(
-            ours.rates["samples_per_cpu_s"], theirs.rates["samples_per_cpu_s"]
+        "ours": _summary([o for o, _ in rounds]),
+        "open_clip_train": _summary([t for _, t in rounds]),
+        "ratio_steady": ratios("samples_per_s"),
+        "ratio_steady_cpu": ratios("samples_per_cpu_s"),
+        "ratio_all_steps": ratios("samples_per_s_all_steps"),
+        "ratio_end_to_end": round(
+            float(np.median([_ratio(t.end_to_end_s, o.end_to_end_s) for o, t in rounds])), 3
         ),
-        "ratio_all_steps": _ratio(
-            ours.rates["samples_per_s_all_steps"], theirs.rates["samples_per_s_all_steps"]
-        ),
-        "ratio_end_to_end": _ratio(theirs.end_to_end_s, ours.end_to_end_s),
-        "order": "open_clip_train first" if flip else "ours first",
+        "ratio_steady_per_round": [
+            _ratio(o.rates["samples_per_s"], t.rates["samples_per_s"]) for o, t in rounds
+        ],
     }
     return record, trained
+
+
+def _summary(runs: list[SystemRun]) -> dict[str, Any]:
+    """Medians over rounds of one system's rates, plus every round."""
+    keys = ("samples_per_s", "samples_per_cpu_s", "samples_per_s_all_steps", "data_share")
+    out: dict[str, Any] = {k: round(float(np.median([r.rates[k] for r in runs])), 4) for k in keys}
+    out["setup_s"] = round(float(np.median([r.setup_s for r in runs])), 3)
+    out["end_to_end_s"] = round(float(np.median([r.end_to_end_s for r in runs])), 3)
+    out["steps"] = runs[0].rates["steps"]
+    out["timed_steps"] = runs[0].rates["timed_steps"]
+    out["rounds"] = [asdict(r) for r in runs]
+    return out
 
 
 def _ratio(a: float, b: float) -> float:
@@ -639,12 +664,12 @@ def format_table(report: dict[str, Any]) -> str:
     for rec in report["configs"]:
         lines.append(
             f"{rec['config']:<22} {rec['text_tower']:<7} "
-            f"{rec['ours']['rates']['samples_per_s']:>8.1f} "
-            f"{rec['open_clip_train']['rates']['samples_per_s']:>8.1f} "
+            f"{rec['ours']['samples_per_s']:>8.1f} "
+            f"{rec['open_clip_train']['samples_per_s']:>8.1f} "
             f"{rec['ratio_steady']:>5.2f}x {rec['ratio_steady_cpu']:>8.2f}x "
             f"{rec['ratio_all_steps']:>8.2f}x {rec['ratio_end_to_end']:>5.2f}x "
-            f"{100 * rec['ours']['rates']['data_share']:>6.1f}/"
-            f"{100 * rec['open_clip_train']['rates']['data_share']:<6.1f}"
+            f"{100 * rec['ours']['data_share']:>6.1f}/"
+            f"{100 * rec['open_clip_train']['data_share']:<6.1f}"
         )
     d = report.get("distill")
     if d:
@@ -675,8 +700,8 @@ def run_bench(settings: BenchSettings, out: Path | None = DEFAULT_OUT) -> dict[s
             rows = prepare_rows(settings, layout)
             csv = write_csv_dataset(rows, root / "csv")
             configs, teacher = [], None
-            for i, spec in enumerate(settings.configs):
-                record, trained = compare_config(settings, rows, csv, spec, root, flip=i % 2 == 1)
+            for spec in settings.configs:
+                record, trained = compare_config(settings, rows, csv, spec, root)
                 configs.append(record)
                 teacher = teacher or trained  # the first config is the distillation teacher
             distill = None
@@ -714,6 +739,9 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, Path]:
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--skip-steps", type=int, default=defaults.skip_steps, help="warm-up steps")
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument(
+        "--repeats", type=int, default=defaults.repeats, help="rounds per config (median ratio)"
+    )
     p.add_argument("--data", choices=["bundled", "shapes"], default=defaults.data)
     p.add_argument(
         "--configs",
@@ -732,6 +760,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, Path]:
         epochs=a.epochs,
         skip_steps=a.skip_steps,
         threads=a.threads,
+        repeats=a.repeats,
         data=a.data,
         configs=tuple(s for s in a.configs.split(",") if s),
         distill=not a.no_distill,
