@@ -44,6 +44,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -426,11 +427,14 @@ def run_open_clip(
     try:
         os.chdir(workdir)  # `--logs none` still makes ./none/<name>/out.log
         with (
+            warnings.catch_warnings(),
             _patched(oc_main, "get_data", timed_get_data),
             _patched(oc_main, "train_one_epoch", timed_epoch),
             _patched(oc_main, "create_loss", loss_with_record),
             _patched(oc_main, "setup_logging", file_logging),
         ):
+            # its DataLoader asks for pinned memory, which a CPU-only torch cannot give
+            warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true")
             code = oc_main.main(open_clip_args(settings, name, lock_text, csv, run_name))
     finally:
         os.chdir(cwd)
