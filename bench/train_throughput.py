@@ -18,7 +18,7 @@ One run, one process, the same machine state for both systems:
    with area share in [0.9, 1], open_clip's default) and the same tower locks.
 3. Distillation: the student trained from the reinforced table (`ReinforcedTensors` +
    `AffinityObjective`, teacher never run) vs the same student, data and loss with the
-   teacher run online on each batch's freshly sampled views.
+   teacher run online on each batch's freshly sampled views (same rounds as above).
 
 What is timed: a stamp (wall and process CPU time) when each step starts fetching its batch,
 and one when training ends. "steady" = from the start of step `--skip-steps` to the end
@@ -99,10 +99,10 @@ OPEN_CLIP_CROP_SCALE = 0.9  # open_clip's default AugmentationCfg.scale = (0.9, 
 class BenchSettings:
     """Everything that must be equal between the systems compared."""
 
-    rows: int = 768
+    rows: int = 512
     batch_size: int = 128
     epochs: int = 2
-    repeats: int = 2
+    repeats: int = 3
     skip_steps: int = 2
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -604,34 +604,49 @@ def compare_distill(
     table = read_reinforced(layout.reinforced_db)
     scale = 100.0
 
-    student = _student(settings, teacher)
-    stored = _distill_epoch_time(settings, student, ReinforcedTensors.build(table, student), scale)
-
-    student = _student(settings, teacher)
     teacher.model.eval()
     # teacher text embeddings once per caption (memoised pooled features + projection)
     teacher_text = torch.from_numpy(encode_texts(teacher, rows["caption"].tolist()))
-    online_data = OnlineTeacherBatches(
-        PairTensors.from_frame(rows, student),
-        teacher,
-        teacher_text,
-        params.reinforce.crop_scale_min,
-        params.reinforce.flip_p,
-    )
-    online = _distill_epoch_time(settings, student, online_data, scale)
-    saved = online["epoch_s"] - stored["epoch_s"]
+
+    def reinforced() -> dict[str, Any]:
+        student = _student(settings, teacher)
+        source = ReinforcedTensors.build(table, student)
+        return _distill_epoch_time(settings, student, source, scale)
+
+    def online() -> dict[str, Any]:
+        student = _student(settings, teacher)
+        source = OnlineTeacherBatches(
+            PairTensors.from_frame(rows, student),
+            teacher,
+            teacher_text,
+            params.reinforce.crop_scale_min,
+            params.reinforce.flip_p,
+        )
+        return _distill_epoch_time(settings, student, source, scale)
+
+    rounds = []  # alternating order, as for the trainer comparison
+    for r in range(settings.repeats):
+        first, second = (reinforced, online) if r % 2 == 0 else (online, reinforced)
+        a, b = first(), second()
+        rounds.append((a, b) if r % 2 == 0 else (b, a))
+    per_round = [_ratio(o["epoch_s"], s["epoch_s"]) for s, o in rounds]
+    stored_s = float(np.median([s["epoch_s"] for s, _ in rounds]))
+    online_s = float(np.median([o["epoch_s"] for _, o in rounds]))
+    saved = online_s - stored_s
     return {
         "student": settings.student,
         "teacher": teacher.name,
         "rows": len(rows),
         "num_augmentations": settings.num_augmentations,
         "epochs": settings.distill_epochs,
-        "reinforced": stored,
-        "online_teacher": online,
+        "reinforced_epoch_s": round(stored_s, 3),
+        "online_teacher_epoch_s": round(online_s, 3),
         "online_teacher_runs": "image tower on each batch's fresh views; captions embedded once",
-        "ratio_epoch_time_online_over_reinforced": _ratio(online["epoch_s"], stored["epoch_s"]),
+        "ratio_epoch_time_online_over_reinforced": round(float(np.median(per_round)), 3),
+        "ratio_per_round": per_round,
         "reinforce_stage_s": round(reinforce_s, 3),
         "break_even_epochs": round(reinforce_s / saved, 2) if saved > 0 else None,
+        "rounds": [{"reinforced": s, "online_teacher": o} for s, o in rounds],
     }
 
 
@@ -678,8 +693,8 @@ def format_table(report: dict[str, Any]) -> str:
     d = report.get("distill")
     if d:
         lines.append(
-            f"distill {d['student']}: epoch {d['reinforced']['epoch_s']:.2f}s from the "
-            f"reinforced table vs {d['online_teacher']['epoch_s']:.2f}s with the teacher online "
+            f"distill {d['student']}: epoch {d['reinforced_epoch_s']:.2f}s from the "
+            f"reinforced table vs {d['online_teacher_epoch_s']:.2f}s with the teacher online "
             f"({d['ratio_epoch_time_online_over_reinforced']:.2f}x); reinforce stage "
             f"{d['reinforce_stage_s']:.1f}s once (break-even {d['break_even_epochs']} epochs)"
         )

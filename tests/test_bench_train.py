@@ -46,7 +46,10 @@ def test_bench_reports_both_systems_and_the_distillation_comparison(tmp_path: Pa
         assert record[key] > 0
     assert len(record["ratio_steady_per_round"]) == 2
     distill = report["distill"]
+    assert distill["reinforced_epoch_s"] > 0 and distill["online_teacher_epoch_s"] > 0
+    assert len(distill["rounds"]) == 2
     for mode in ("reinforced", "online_teacher"):
-        assert distill[mode]["epoch_s"] > 0 and distill[mode]["steps"] == 2 * (24 // 8)
+        for r in distill["rounds"]:
+            assert r[mode]["epoch_s"] > 0 and r[mode]["steps"] == 2 * (24 // 8)
     assert distill["ratio_epoch_time_online_over_reinforced"] > 0
     assert distill["reinforce_stage_s"] > 0
