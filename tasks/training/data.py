@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import open_clip
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 
 from tasks.images import decode_images, normalize, random_resized_crop_flip
 from tasks.models.factory import LoadedModel
@@ -162,7 +164,98 @@ class PairTensors:
 
 
 def encode_batch_text(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Normalised text features of a batch: projection of pooled features, or the full tower."""
+    """Normalised text features of a batch: projection of pooled features, or the tower.
+
+    Two exact savings when the tower is run (captions repeat, and use ~12 of 32 positions):
+    - a caption that occurs several times in the batch goes through the tower once and its
+      features are shared (`dedupe_ok`: the tower has no active dropout, so every copy would
+      get the same output; the gradient is the sum over the copies, as before);
+    - the tower reads token ids cut after the batch's longest caption when that cannot
+      change its output (`text_prefix_length`).
+    Together they roughly halve the text tower's training time on the bundled data.
+    """
     if "text_pooled" in batch:
         return F.normalize(model.text.proj(batch["text_pooled"]), dim=-1)
-    return model.encode_text(batch["text"], normalize=True)
+    tokens = batch["text"]
+    if dedupe_ok(model):
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        if len(unique) < len(tokens):
+            return _encode_tokens(model, unique)[inverse]
+    return _encode_tokens(model, tokens)
+
+
+def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Normalised tower features of token ids, read up to `text_prefix_length`."""
+    length = text_prefix_length(model, tokens)
+    if length is None or length == tokens.shape[1]:
+        return model.encode_text(tokens, normalize=True)
+    if isinstance(model, open_clip.CLIP):
+        return F.normalize(_causal_text_prefix(model, tokens[:, :length]), dim=-1)
+    return model.encode_text(tokens[:, :length], normalize=True)  # HF tower: pads are masked
+
+
+def dedupe_ok(model: torch.nn.Module) -> bool:
+    """True when equal captions give equal text features: an open_clip CLIP / CustomTextCLIP
+    whose text tower has no dropout active (in eval mode, or all dropout rates 0)."""
+    if type(model) is open_clip.CLIP:
+        tower = model.transformer
+    elif type(model) is open_clip.CustomTextCLIP:
+        tower = model.text
+    else:
+        return False
+    if not tower.training:
+        return True
+    for module in tower.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            return False
+        if isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
+            return False
+    hf_config = getattr(tower, "config", None)  # HF attention may drop out without a module
+    return not any(
+        getattr(hf_config, key, 0) or 0
+        for key in ("attention_probs_dropout_prob", "hidden_dropout_prob", "attention_dropout")
+    )
+
+
+def text_prefix_length(model: torch.nn.Module, tokens: torch.Tensor) -> int | None:
+    """How many leading token positions determine the text features exactly, or None.
+
+    - open_clip's CLIP text transformer with its causal mask and EOT (`argmax`) or `eos`
+      pooling: a position attends only to earlier ones and the pooled one is the end token,
+      so the positions after the longest caption's end token never reach the output (nor
+      the gradients).
+    - an HF text tower: padding is masked out of attention and pooling.
+    Anything else (no causal mask, first/last-token pooling, wrappers) returns None.
+    """
+    if tokens.numel() == 0:
+        return None
+    text = getattr(model, "text", None)
+    pad_id = getattr(getattr(text, "config", None), "pad_token_id", None)
+    if pad_id is not None and hasattr(text, "transformer") and hasattr(text, "pooler"):
+        used = (tokens != pad_id).any(dim=0).nonzero()
+        return int(used.max()) + 1 if len(used) else None
+    if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
+        return None
+    if model.text_pool_type == "argmax":
+        ends = tokens.argmax(dim=-1)
+    elif model.text_pool_type == "eos":
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    else:
+        return None
+    return int(ends.max()) + 1
+
+
+def _causal_text_prefix(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """`CLIP.encode_text` (open_clip 3.3) on a token prefix: position embedding and causal
+    mask cut to the prefix length; everything else is the model's own modules."""
+    cast_dtype = model.transformer.get_cast_dtype()
+    n = tokens.shape[1]
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=model.text_eos_id)
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
