@@ -704,7 +704,18 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def run_bench(settings: BenchSettings, out: Path | None = DEFAULT_OUT) -> dict[str, Any]:
-    """Run every comparison once and write the JSON report; return it."""
+    """Run every comparison once and write the JSON report; return it.
+
+    The process's torch thread count is restored afterwards, so a caller (a test session)
+    keeps its own setting: float sums, hence bit-exact results, depend on it."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _run_bench(settings, out)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_bench(settings: BenchSettings, out: Path | None) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     load_before = os.getloadavg()
     started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -44,6 +44,9 @@ class CrashingObjective(ClipObjective):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[dict, str]:
     """An uninterrupted run (it writes and removes checkpoints too): weights, loss CSV."""
+    # the worker subprocesses use this thread count; bit-exact equality needs the same here,
+    # whatever an earlier test in this session set
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = tmp_path_factory.mktemp("reference")
     model = run_variant("rowwise", worker_params(16, 3, checkpoint_every=2), out, 64)
     assert not (out / "loss.ckpt").exists()  # removed after a finished run
